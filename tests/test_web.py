@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -594,3 +596,44 @@ def test_dashboard_loads_nothing_from_elsewhere_and_never_parses_data_as_html() 
         assert not re.search(r"https?://|//cdn|@import|url\(", text), path.name
     script = (static / "app.js").read_text()
     assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", script)
+
+
+# A small harness that runs the dashboard's own time helpers under node, without a browser.
+_NODE_HARNESS = """
+const src = require("fs").readFileSync(process.argv[1], "utf8");
+eval(src.slice(src.indexOf("const pad"), src.indexOf("// DOM helpers.")) + `
+  const out = JSON.parse(process.argv[2]).map(([iso, zone]) => formatInZone(parseTime(iso), zone));
+  const t = parseTime("2026-12-04T15:02:11.123456+00:00");
+  out.push(formatAge(t, t.getTime() + 12400), formatDuration(12.4), formatDuration(3725));
+  console.log(JSON.stringify(out));
+`);
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the dashboard's JS")
+def test_dashboard_shows_times_in_the_display_zone_with_offset() -> None:
+    script = Path(__file__).parents[1] / "src" / "campatrol" / "web" / "static" / "app.js"
+    cases = [
+        ["2026-12-04T15:02:11.123456+00:00", "Europe/Berlin"],
+        ["2026-07-01T00:30:00+00:00", "America/New_York"],
+        ["2026-12-04T15:02:11+00:00", "America/St_Johns"],
+        ["2026-12-04T15:02:11+00:00", "UTC"],
+    ]
+
+    result = subprocess.run(
+        ["node", "-e", _NODE_HARNESS, str(script), json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
+
+    assert json.loads(result.stdout) == [
+        "2026-12-04 16:02:11 +01:00",
+        "2026-06-30 20:30:00 -04:00",
+        "2026-12-04 11:32:11 -03:30",
+        "2026-12-04 15:02:11 +00:00",
+        "12 s ago",
+        "00:12",
+        "1:02:05",
+    ]

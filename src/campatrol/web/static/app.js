@@ -160,7 +160,8 @@ function subnetLine(subnet, cameraCount, patrol) {
   } else {
     parts.push("--:--", `${cameraCount} cameras`, patrol ? "first cycle running" : "not patrolled");
   }
-  return parts.join("  ");
+  // Non-breaking inside each part, so a narrow screen wraps between "5 ok" and "1 failed" only.
+  return parts.map((part) => part.replaceAll(" ", "\u00a0")).join("  ");
 }
 
 // Rendering and polling.
