@@ -12,6 +12,9 @@ from urllib.parse import quote, quote_plus
 
 MASK: Final = "***"
 
+# A camera id names files and URL paths, so it is a slug: no separators, no dots, no case games.
+CAMERA_ID_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
 Transport = Literal["tcp", "udp"]
 TRANSPORTS: Final[tuple[str, ...]] = ("tcp", "udp")
 

@@ -24,14 +24,13 @@ from pydantic import (
     model_validator,
 )
 
-from campatrol.cameras import BRAND_PRESETS, Camera, mask_secrets
+from campatrol.cameras import BRAND_PRESETS, CAMERA_ID_PATTERN, Camera, mask_secrets
 from campatrol.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH: Final = Path("campatrol.toml")
 
-_SLUG: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DNS_LABEL: Final = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -200,7 +199,7 @@ class CameraEntry(BaseModel):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not _SLUG.match(value):
+        if not CAMERA_ID_PATTERN.match(value):
             raise ValueError(
                 "must be 1-63 characters of lowercase letters, digits, '-' or '_', "
                 "starting with a letter or digit"
