@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -339,7 +340,9 @@ class Supervisor:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._release_capacity()  # granted just as we were cancelled: pass it on
             else:
-                self._waiters.remove(waiter)
+                # _release_capacity may already have dropped it as done.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     def _release_capacity(self) -> None:
