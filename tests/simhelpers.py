@@ -47,10 +47,17 @@ def ffmpeg_frame_argv(
     return [*argv, "-i", url, "-frames:v", "1", "-f", "image2pipe", "-c:v", "png", "-"]
 
 
+STREAMING: str = "Output #0"
+"""What an ffmpeg_stream_argv client prints to stderr once it has probed the stream."""
+
+
 def ffmpeg_stream_argv(url: str, seconds: float = 60) -> list[str]:
-    """Return an ffmpeg argv that holds a stream open for `seconds`, discarding the video."""
+    """Return an ffmpeg argv that holds a stream open for `seconds`, discarding the video.
+
+    It logs at info level so that a test can wait for STREAMING before acting on it.
+    """
     info = find_ffmpeg()
-    argv = [info.path, "-hide_banner", "-nostdin", "-loglevel", "error", "-rtsp_transport", "tcp"]
+    argv = [info.path, "-hide_banner", "-nostdin", "-loglevel", "info", "-rtsp_transport", "tcp"]
     return [*argv, "-i", url, "-t", str(seconds), "-c", "copy", "-f", "null", "-"]
 
 
@@ -80,7 +87,10 @@ class Client:
         self.argv = list(argv)
         self.proc: asyncio.subprocess.Process | None = None
         self._started = 0.0
-        self._io: asyncio.Task[tuple[bytes, bytes]] | None = None
+        self._stdout = bytearray()
+        self._stderr = bytearray()
+        self._stderr_grew = asyncio.Event()
+        self._readers: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Client:
         self._started = time.monotonic()
@@ -91,29 +101,57 @@ class Client:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
-        self._io = asyncio.get_running_loop().create_task(self.proc.communicate())
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        loop = asyncio.get_running_loop()
+        self._readers = [
+            loop.create_task(self._collect(self.proc.stdout, self._stdout)),
+            loop.create_task(self._collect(self.proc.stderr, self._stderr)),
+        ]
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await asyncio.shield(self.kill())
+
+    async def _collect(self, stream: asyncio.StreamReader, sink: bytearray) -> None:
+        while chunk := await stream.read(65536):
+            sink.extend(chunk)
+            if sink is self._stderr:
+                self._stderr_grew.set()
+        self._stderr_grew.set()
 
     @property
     def running(self) -> bool:
         """Whether the process has not exited yet."""
         return self.proc is not None and self.proc.returncode is None
 
+    def stderr(self) -> str:
+        """What the client wrote to stderr so far."""
+        return self._stderr.decode("utf-8", "replace")
+
+    async def wait_for_stderr(self, text: str, within: float) -> None:
+        """Wait until the client's stderr contains `text`; AssertionError after `within` s."""
+        deadline = time.monotonic() + within
+        while text not in self.stderr():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.running:
+                raise AssertionError(f"client did not print {text!r}: {self.stderr()[-1000:]}")
+            self._stderr_grew.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stderr_grew.wait(), min(remaining, 0.5))
+
     async def wait(self, within: float) -> ClientResult:
         """Wait up to `within` seconds; a client still running then is killed and `hung`."""
-        assert self.proc is not None and self._io is not None
-        done, _ = await asyncio.wait({self._io}, timeout=within)
-        hung = not done
-        if hung:
-            await self.kill()
-        stdout, stderr = await self._io
+        assert self.proc is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), within)
+            hung = False
+        except TimeoutError:
+            hung = True
+        await self.kill()
         return ClientResult(
             None if hung else self.proc.returncode,
-            stdout,
-            stderr.decode("utf-8", "replace"),
+            bytes(self._stdout),
+            self.stderr(),
             time.monotonic() - self._started,
         )
 
@@ -125,8 +163,7 @@ class Client:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         await self.proc.wait()
-        if self._io is not None:
-            await asyncio.gather(self._io, return_exceptions=True)
+        await asyncio.gather(*self._readers, return_exceptions=True)
 
     async def terminate(self, grace: float = 5.0) -> None:
         """SIGTERM the client (ffmpeg then sends TEARDOWN), SIGKILL after a grace, and reap."""

@@ -28,6 +28,7 @@ class Session:
     first_rtptime: int = field(default_factory=lambda: secrets.randbits(32))
     last_seen: float = 0.0
     torn_down: bool = False
+    streaming: bool = False
 
 
 @dataclass
@@ -254,6 +255,8 @@ class SimCamera:
             "total_sessions": self.counters.total_sessions,
             "refused": self.counters.refused,
             "connections": self.counters.connections,
+            "open_connections": len(self._connections),
+            "streaming": sum(1 for session in self._sessions.values() if session.streaming),
             "auth_failures": self.counters.auth_failures,
             "max_sessions": self.config.max_sessions,
             "fault": self.fault,

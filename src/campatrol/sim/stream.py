@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
+from campatrol.sim.clips import Clip
 from campatrol.sim.rtp import CLOCK_RATE, interleave, rtp_packet
 
 if TYPE_CHECKING:
@@ -23,16 +24,25 @@ async def stream_session(camera: SimCamera, session: Session, transport: asyncio
 
     Cancellation stops the stream between two pictures (never inside one).
     """
-    loop = asyncio.get_running_loop()
     clip = await camera.clip(session.stream)
+    index = clip.spec.gop // 2 if camera.fault == "non_keyframe_start" else 0
+    session.streaming = True
+    try:
+        await _send_forever(camera, session, transport, clip, index)
+    finally:
+        session.streaming = False
+
+
+async def _send_forever(
+    camera: SimCamera, session: Session, transport: asyncio.Transport, clip: Clip, index: int
+) -> None:
+    loop = asyncio.get_running_loop()
     fps = clip.spec.fps
     started = loop.time()
-    # Counted in pictures sent since PLAY: gives the RTP timestamp and the pacing clock.
+    # Pictures sent since PLAY: gives the RTP timestamp and the pacing clock.
     frame = 0
     seq = session.first_seq
-    index = clip.spec.gop // 2 if camera.fault == "non_keyframe_start" else 0
     waiting_for_keyframe = False
-
     while True:
         await asyncio.sleep(max(0.0, started + frame / fps - loop.time()))
         elapsed = loop.time() - started
