@@ -144,6 +144,23 @@ async def test_second_cancel_does_not_interrupt_the_cleanup():
         assert sup.counters.killed[("SIGKILL", "cancel")] == 1
 
 
+@pytest.mark.timeout(20)
+async def test_terminate_stops_a_child_by_pid_and_names_the_reason():
+    async with Supervisor(max_processes=2) as sup:
+        started = spawned_event(sup)
+        task = asyncio.create_task(sup.run(["sleep", "60"], deadline=60, purpose="test"))
+        await started.wait()
+        pid = sup.children()[0].pid
+
+        assert await sup.terminate(pid, reason="leak") is True
+        assert not psutil.pid_exists(pid)
+        result = await task
+        assert await sup.terminate(pid, reason="leak") is False
+
+    assert result.killed_by == "leak"
+    assert sup.counters.killed[("SIGTERM", "leak")] == 1
+
+
 @pytest.mark.timeout(60)
 async def test_two_hundred_immediate_exits_twenty_at_a_time_leave_no_zombie():
     async with Supervisor(max_processes=20) as sup:

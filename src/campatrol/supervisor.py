@@ -106,7 +106,7 @@ class ProcessResult:
     stdout: bytes
     stderr_tail: str
     timed_out: bool
-    killed_by: str | None  # "deadline", "cancel", "shutdown", "stdout_limit" or None
+    killed_by: str | None  # "deadline", "cancel", "shutdown", "stdout_limit", terminate()'s reason
     started: datetime
     ended: datetime
     duration: float
@@ -285,6 +285,18 @@ class Supervisor:
             await _await_uninterruptibly(self._drained.wait())
         else:
             self._drained.set()
+
+    async def terminate(self, pid: int, *, reason: str) -> bool:
+        """Stop the live child `pid` the one way (its `run` then returns with killed_by=reason).
+
+        For a watchdog or a leak check; returns False when no live child has that pid. Returns
+        once the child has been reaped, even if cancelled meanwhile (then re-raises).
+        """
+        child = self._children.get(pid)
+        if child is None:
+            return False
+        await _await_uninterruptibly(self._request_stop(child, reason))
+        return True
 
     async def run(
         self,

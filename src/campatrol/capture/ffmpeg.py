@@ -159,10 +159,12 @@ async def capture_ffmpeg(
     ffmpeg: FfmpegInfo,
     *,
     deadline: float | None = None,
+    purpose: str = PURPOSE,
 ) -> Snapshot:
     """Take one keyframe from `camera` with an ffmpeg child and return it as a Snapshot.
 
     `deadline` (default: the camera's) bounds the whole capture; the supervisor enforces it.
+    `purpose` labels the child in the supervisor's registry (e.g. "capture", "snap").
     Raises a CaptureError leaf whose failure_class says why; SupervisorClosed when the
     supervisor shut down meanwhile. Cancellation kills and reaps the ffmpeg child first.
     The caller holds the camera's slot lease around this call.
@@ -175,7 +177,7 @@ async def capture_ffmpeg(
         result = await supervisor.run(
             argv,
             deadline=limit,
-            purpose=PURPOSE,
+            purpose=purpose,
             camera_id=camera.id,
             secrets=camera.secrets(),
             stdout_limit=STDOUT_LIMIT,
