@@ -51,14 +51,15 @@ STREAMING: str = "Output #0"
 """What an ffmpeg_stream_argv client prints to stderr once it has probed the stream."""
 
 
-def ffmpeg_stream_argv(url: str, seconds: float = 60) -> list[str]:
-    """Return an ffmpeg argv that holds a stream open for `seconds`, discarding the video.
+def ffmpeg_stream_argv(url: str, seconds: float = 60, frames: int | None = None) -> list[str]:
+    """Return an ffmpeg argv that reads a stream for `seconds` (or `frames`), discarding it.
 
     It logs at info level so that a test can wait for STREAMING before acting on it.
     """
     info = find_ffmpeg()
     argv = [info.path, "-hide_banner", "-nostdin", "-loglevel", "info", "-rtsp_transport", "tcp"]
-    return [*argv, "-i", url, "-t", str(seconds), "-c", "copy", "-f", "null", "-"]
+    limit = ["-t", str(seconds)] if frames is None else ["-frames:v", str(frames)]
+    return [*argv, "-i", url, *limit, "-c", "copy", "-f", "null", "-"]
 
 
 @dataclass
@@ -138,6 +139,15 @@ class Client:
             self._stderr_grew.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stderr_grew.wait(), min(remaining, 0.5))
+
+    async def exits_within(self, within: float) -> bool:
+        """Whether the client exits within `within` seconds; a hung client is left running."""
+        assert self.proc is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), within)
+        except TimeoutError:
+            return False
+        return True
 
     async def wait(self, within: float) -> ClientResult:
         """Wait up to `within` seconds; a client still running then is killed and `hung`."""
