@@ -15,13 +15,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +33,7 @@ from campatrol.procgroups import (
     find_orphans,
     group_alive,
     make_marker,
+    make_preexec,
     wait_group_gone,
 )
 
@@ -45,45 +43,6 @@ DEFAULT_STDOUT_LIMIT: Final = 16 * 1024 * 1024
 STDERR_TAIL_LINES: Final = 40
 _STDERR_LINE_MAX: Final = 500  # bytes kept of one stderr line; bounds memory per child
 _DRAIN_TIMEOUT: Final = 1.0  # how long to wait for pipe EOF once the group is gone
-_PR_SET_PDEATHSIG: Final = 1
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    # Resolved once in the parent so the forked child only makes the call (see _preexec).
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl = libc.prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-_prctl = _load_prctl()
-
-
-def _make_preexec(expected_parent: int) -> Callable[[], None] | None:
-    """Return the function the forked child runs before exec: parent-death signal, race check.
-
-    preexec_fn is documented as unsafe when the parent has threads (asyncio's child watcher and
-    to_thread workers exist): the child runs Python between fork and exec and could block on a
-    lock another thread held at fork time. This one imports nothing, logs nothing and only calls
-    a prctl resolved beforehand; glibc resets its malloc locks in the child. A wrapper binary
-    (e.g. `setpriv --pdeathsig`) would avoid it but is not installed everywhere and cannot do the
-    getppid check below.
-    """
-    if _prctl is None:
-        return None  # Limitation: no parent-death signal outside Linux; sweep_orphans covers it
-    prctl = _prctl
-    sigkill = int(signal.SIGKILL)
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
-        # The parent may have died between fork and prctl; the signal would then never come.
-        if os.getppid() != expected_parent:
-            os._exit(255)
-
-    return preexec
 
 
 def _mask(text: str, secrets: Iterable[str]) -> str:
@@ -383,6 +342,8 @@ class Supervisor:
         try:
             # Called from the event-loop thread, which lives as long as the loop: the
             # parent-death signal fires when the forking *thread* exits.
+            # Limitation: a cancel during this await is handled by asyncio, which SIGKILLs the
+            # new child alone (not its group) and reaps it; a fresh child has no group yet.
             transport, protocol = await asyncio.get_running_loop().subprocess_exec(
                 lambda: _ChildProtocol(stdout_limit),
                 *argv,
@@ -391,7 +352,7 @@ class Supervisor:
                 stderr=subprocess.PIPE,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_make_preexec(os.getpid()),
+                preexec_fn=make_preexec(os.getpid()),
             )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self.counters.spawn_failures += 1
