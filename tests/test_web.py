@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import io
 import json
 import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,9 +32,11 @@ YARD_PASSWORD = "yard lock/ü?"
 T0 = datetime(2026, 12, 4, 15, 2, 11, 123456, tzinfo=UTC)
 
 
-# stand-in until Service lands: campatrol.service.Service needs the store and the capture
-# driver, which do not exist yet. This object has exactly the attributes the web layer reads
-# (docs/architecture.md, "service.py"); everything under it that exists (Camera) is real.
+# stand-in until Service lands: written before campatrol.service existed. It has exactly the
+# attributes the web layer reads (docs/architecture.md, "service.py"); Camera under it is real.
+# It also sets states the real service reaches only slowly or by chance (naive store times, a
+# failed cycle, a capture failure of each class); the tests at the end of this file use the real
+# Service over the simulator and real ffmpeg.
 
 
 @dataclass
@@ -637,3 +642,135 @@ def test_dashboard_shows_times_in_the_display_zone_with_offset() -> None:
         "00:12",
         "1:02:05",
     ]
+
+
+# The real Service, over the simulator and real ffmpeg.
+
+
+def _sim_camera(camera_id: str, host: str, **overrides: Any) -> Any:
+    from campatrol.sim import SimCameraConfig
+
+    values: dict[str, Any] = {"id": camera_id, "host": host, "port": 0, "width": 320}
+    values.update({"height": 180, "fps": 15, "gop": 15, **overrides})
+    return SimCameraConfig(**values)
+
+
+def _camera_for(sim: Any, camera_id: str, **overrides: Any) -> Camera:
+    sim_camera = sim.camera(camera_id)
+    values: dict[str, Any] = {
+        "id": camera_id,
+        "name": camera_id.title(),
+        "host": sim_camera.config.host,
+        "port": sim_camera.port,
+        "path": "/stream1",
+        "brand": "tapo",
+        "deadline": 10.0,
+    }
+    values.update(overrides)
+    return Camera(**values)
+
+
+@asynccontextmanager
+async def _serving(
+    settings: Any, cameras: list[Camera]
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    from campatrol.service import Service
+
+    async with Service(settings, cameras) as service:
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield service, client
+
+
+@pytest.mark.timeout(60)
+async def test_service_capture_is_served_as_a_fresh_snapshot_without_credentials(
+    tmp_path: Path,
+) -> None:
+    from campatrol.config import Settings
+    from simhelpers import running_sim
+
+    sims = [
+        _sim_camera("gate", "127.0.1.31", auth="digest", username="admin", password=PASSWORD),
+        _sim_camera("yard", "127.0.1.32", auth="digest", username="viewer", password="right"),
+    ]
+    settings = Settings(data_dir=tmp_path, timezone="Europe/Berlin")
+    async with running_sim(sims) as sim:
+        gate = _camera_for(sim, "gate", username="admin", password=PASSWORD)
+        yard = _camera_for(sim, "yard", username="viewer", password=YARD_PASSWORD)
+        async with _serving(settings, [gate, yard]) as (service, client):
+            before = await client.get("/api/cameras/gate/snapshot.jpg")
+            await service.patrols["127.0.1.0/24"].run_cycle()
+            patrols = (await client.get("/api/patrols")).json()
+            captured = await client.post("/api/cameras/gate/capture")
+            image = await client.get("/api/cameras/gate/snapshot.jpg")
+            again = await client.get(
+                "/api/cameras/gate/snapshot.jpg", headers={"If-None-Match": image.headers["etag"]}
+            )
+            refused = await client.post("/api/cameras/yard/capture")
+            bodies = [
+                (await client.get(path)).text
+                for path in (
+                    "/api/cameras",
+                    "/api/cameras/gate",
+                    "/api/cameras/yard",
+                    "/api/patrols",
+                    "/api/system/processes",
+                    "/api/system/status",
+                )
+            ]
+
+    assert before.status_code == 404
+    assert patrols[0]["cycle_number"] == 1
+    assert patrols[0]["camera_ids"] == ["gate", "yard"]
+    cycle = patrols[0]["last_cycle"]
+    assert (cycle["visited"], cycle["succeeded"], cycle["failed"], cycle["leaks"]) == (2, 1, 1, 0)
+    assert captured.status_code == 200, captured.text
+    assert image.status_code == 200
+    assert Image.open(io.BytesIO(image.content)).size == (320, 180)
+    assert image.headers["etag"] == f'"{hashlib.sha256(image.content).hexdigest()}"'
+    assert image.headers["etag"] == f'"{captured.json()["etag"]}"'
+    assert again.status_code == 304
+    assert refused.status_code == 502
+    assert refused.json()["error"] == "unauthorized"
+
+    cameras = {c["id"]: c for c in json.loads(bodies[0])}
+    assert cameras["gate"]["status"] == "online"
+    assert cameras["gate"]["last_snapshot"]["etag"] == captured.json()["etag"]
+    assert cameras["yard"]["last_error_class"] == "unauthorized"
+    assert [c["outcome"] for c in json.loads(bodies[1])["recent_captures"]] == ["ok", "ok"]
+    yard_captures = json.loads(bodies[2])["recent_captures"]
+    assert [c["outcome"] for c in yard_captures] == ["unauthorized", "unauthorized"]
+    assert json.loads(bodies[4]) == []
+    assert json.loads(bodies[5])["cameras_by_status"]["online"] == 1
+    texts = [*bodies, refused.text, captured.text]
+    for secret in (*gate.secrets(), *yard.secrets(), "swordfish", "yard lock"):
+        for text in texts:
+            assert secret not in text
+
+
+@pytest.mark.timeout(60)
+async def test_service_capture_while_the_only_slot_hangs_is_409_and_listed_as_a_process(
+    tmp_path: Path,
+) -> None:
+    from campatrol.config import Settings
+    from simhelpers import running_sim
+
+    settings = Settings(data_dir=tmp_path, slot_wait=0.2)
+    sims = [_sim_camera("stuck", "127.0.1.33", fault="hang_after_accept", max_sessions=1)]
+    async with running_sim(sims) as sim:
+        stuck = _camera_for(sim, "stuck", max_sessions=1, deadline=20.0)
+        async with _serving(settings, [stuck]) as (_, client), asyncio.TaskGroup() as tg:
+            hanging = tg.create_task(client.post("/api/cameras/stuck/capture"))
+            processes: list[dict[str, Any]] = []
+            while not processes:
+                await asyncio.sleep(0.05)  # racy by nature: waits for the spawn to register
+                processes = (await client.get("/api/system/processes")).json()
+            busy = await client.post("/api/cameras/stuck/capture")
+            detail = (await client.get("/api/cameras/stuck")).json()
+            hanging.cancel()
+
+    assert busy.status_code == 409
+    assert busy.json()["error"] == "busy"
+    assert [(p["camera_id"], p["purpose"]) for p in processes] == [("stuck", "manual")]
+    assert "rtsp://127.0.1.33" in " ".join(processes[0]["masked_argv"])
+    assert detail["sessions_in_use"] == 1

@@ -206,7 +206,8 @@ function renderSummary(status) {
   const counts = Object.entries(status.cameras_by_status)
     .filter(([, n]) => n > 0)
     .map(([name, n]) => `${n} ${name}`);
-  const text = [`${status.cameras} cameras`, ...counts, `${status.children} processes`,
+  const processes = status.children === 1 ? "1 process" : `${status.children} processes`;
+  const text = [`${status.cameras} cameras`, ...counts, processes,
     `v${status.version}`];
   document.getElementById("summary").textContent = text.join(" · ");
 }
