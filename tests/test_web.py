@@ -526,6 +526,19 @@ async def test_every_error_has_the_same_json_shape(
     assert set(body) <= {"error", "message", "details"}
 
 
+async def test_unexpected_error_is_500_json_without_detail(service: StandInService) -> None:
+    def broken_health(camera_id: str) -> Any:
+        raise RuntimeError(f"health table corrupt near {PASSWORD}")
+
+    service.health = broken_health  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/api/cameras")
+
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal", "message": "internal server error"}
+
+
 async def test_validation_error_names_the_field(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/cameras/gate", params={"captures": "many"})
 

@@ -130,7 +130,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    logger.error("web: %s %s failed", request.method, request.url.path, exc_info=exc)
+    # Starlette re-raises after this handler and uvicorn logs the traceback once; the client
+    # gets no detail, since an unexpected message is the one place a secret could slip out.
     return _error_response(500, "internal", "internal server error")
 
 
@@ -312,6 +313,7 @@ async def get_snapshot(camera_id: str, request: Request, service: ServiceDep) ->
 async def capture_now(camera_id: str, service: ServiceDep) -> SnapshotInfo | JSONResponse:
     """Capture a snapshot now, inside the camera's slot budget, and return its metadata."""
     camera = _camera_or_404(service, camera_id)
+    logger.debug("camera %s: capture requested over HTTP", camera_id)
     try:
         record = await service.capture_now(camera_id)
     except CaptureBusy as exc:
