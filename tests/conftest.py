@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import psutil
@@ -33,7 +34,5 @@ def no_leaked_children():
 def pytest_sessionfinish(session, exitstatus):
     """Last line of defence: nothing the suite started may survive it."""
     for child in psutil.Process(os.getpid()).children(recursive=True):
-        try:
+        with contextlib.suppress(psutil.Error):
             child.kill()
-        except psutil.Error:
-            pass

@@ -84,7 +84,7 @@ class InvalidImage(CaptureError):
 
 
 class CaptureConfigError(CaptureError):
-    """The capture could not start because of its own configuration (e.g. an ffmpeg option error)."""
+    """The capture could not start because of its own configuration (an ffmpeg option error)."""
 
     failure_class = "config"
 

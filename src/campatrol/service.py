@@ -1,0 +1,263 @@
+"""The composition root: supervisor, slots, store and one patrol per subnet, run together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from campatrol import __version__
+from campatrol.cameras import Camera
+from campatrol.capture import capture_ffmpeg
+from campatrol.config import ConfigProblem, Settings, group_by_subnet
+from campatrol.errors import CaptureError, CaptureTimeout
+from campatrol.ffmpeg import FfmpegInfo, find_ffmpeg
+from campatrol.patrol import (
+    DISABLED,
+    ONLINE,
+    UNKNOWN,
+    CameraHealth,
+    CaptureOutcome,
+    CycleStats,
+    Patrol,
+    utcnow,
+)
+from campatrol.slots import SlotBudget
+from campatrol.store import SnapshotRecord, Store
+from campatrol.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+MANUAL_PURPOSE: Final = "manual"
+PRUNE_EVERY: Final = 3600.0
+
+
+class Service:
+    """Owns every long-lived part of a running campatrol and patrols its cameras.
+
+    Use as `async with Service(...) as service: await service.run()`. Leaving the context ends
+    every child process (the supervisor's one way: SIGTERM, grace, SIGKILL, reap) and closes
+    the store.
+    """
+
+    version: Final = __version__
+
+    def __init__(
+        self,
+        settings: Settings,
+        cameras: Sequence[Camera],
+        problems: Sequence[ConfigProblem] = (),
+        *,
+        ffmpeg: FfmpegInfo | None = None,
+        instance_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cameras: dict[str, Camera] = {camera.id: camera for camera in cameras}
+        self.problems = list(problems)
+        self.ffmpeg: FfmpegInfo | None = ffmpeg
+        self.supervisor = Supervisor(settings.max_processes, instance_id)
+        self.slots = SlotBudget()
+        self.store = Store(Path(settings.data_dir))
+        self.started_at = utcnow()
+        self.orphans_ended: list[int] = []
+        self.leaks = 0
+        self._rng = random.Random()
+        self._health: dict[str, CameraHealth] = {}
+        for camera in cameras:
+            self.slots.configure(camera.id, camera.max_sessions)
+            self._health[camera.id] = CameraHealth(status=UNKNOWN if camera.enabled else DISABLED)
+        enabled = [camera for camera in cameras if camera.enabled]
+        self.patrols: dict[str, Patrol] = {
+            subnet: Patrol(
+                subnet=subnet,
+                cameras=members,
+                settings=settings,
+                visit=self._visit,
+                is_due=self._is_due,
+                end_leftovers=self._end_leftovers,
+                record_cycle=self._record_cycle,
+            )
+            for subnet, members in group_by_subnet(enabled).items()
+        }
+
+    async def __aenter__(self) -> Service:
+        if self.ffmpeg is None:
+            self.ffmpeg = await asyncio.to_thread(find_ffmpeg)
+        await asyncio.to_thread(self.store.migrate)
+        await self.supervisor.__aenter__()
+        self.orphans_ended = await self.supervisor.sweep_orphans()
+        if self.orphans_ended:
+            log.warning(
+                "ended %d orphan process(es) of a dead campatrol instance: %s",
+                len(self.orphans_ended),
+                self.orphans_ended,
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.supervisor.__aexit__(exc_type, exc, tb)
+        finally:
+            await asyncio.shield(asyncio.to_thread(self.store.close))
+
+    async def run(self) -> None:
+        """Patrol every subnet concurrently and prune old records, until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for patrol in self.patrols.values():
+                tg.create_task(patrol.run(), name=f"patrol {patrol.subnet}")
+            tg.create_task(self._prune_forever(), name="retention")
+
+    def health(self, camera_id: str) -> CameraHealth:
+        """The current health of a camera; KeyError for an unknown id."""
+        return self._health[camera_id]
+
+    async def capture_now(self, camera_id: str) -> SnapshotRecord:
+        """Capture one snapshot of a camera now, inside its slot budget.
+
+        Raises KeyError for an unknown camera, CaptureBusy when no slot frees up within the
+        slot wait, and the CaptureError of a failed capture. Cancellation kills the capture's
+        process and frees its slot before it propagates.
+        """
+        camera = self.cameras[camera_id]
+        return await self._capture(camera, MANUAL_PURPOSE)
+
+    async def _visit(self, camera: Camera, purpose: str) -> CaptureOutcome:
+        try:
+            await self._capture(camera, purpose)
+        except CaptureError as exc:
+            return CaptureOutcome(camera.id, exc)
+        return CaptureOutcome(camera.id)
+
+    def _is_due(self, camera: Camera) -> bool:
+        return self._health[camera.id].due(utcnow())
+
+    async def _capture(self, camera: Camera, purpose: str) -> SnapshotRecord:
+        if self.ffmpeg is None:
+            raise RuntimeError(f"{self!r} is not started: use it as an async context manager")
+        started = utcnow()
+        try:
+            async with self.slots.lease(camera.id, timeout=self.settings.slot_wait) as lease:
+                try:
+                    snapshot = await capture_ffmpeg(
+                        camera,
+                        self.supervisor,
+                        self.ffmpeg,
+                        deadline=camera.deadline,
+                        purpose=purpose,
+                    )
+                except CaptureTimeout:
+                    # The process was killed; a camera that never saw TEARDOWN may keep the
+                    # session until its own timeout, so the slot stays taken that long.
+                    if camera.hold_after_kill > 0:
+                        lease.hold_down(camera.hold_after_kill)
+                    raise
+            record = await asyncio.to_thread(
+                self.store.save_snapshot,
+                camera.id,
+                snapshot.jpeg,
+                taken_at=snapshot.taken_at,
+                duration=snapshot.duration,
+                width=snapshot.width,
+                height=snapshot.height,
+                driver=snapshot.driver,
+            )
+        except CaptureError as exc:
+            self._note_failure(camera, exc)
+            await self._record_attempt(camera, started, exc, None)
+            raise
+        health = self._health[camera.id]
+        if health.status not in (ONLINE, UNKNOWN):
+            log.info(
+                "camera %s: back online after %d failure(s)", camera.id, health.consecutive_failures
+            )
+        health.record_success(utcnow())
+        await self._record_attempt(camera, started, None, record)
+        return record
+
+    def _note_failure(self, camera: Camera, exc: CaptureError) -> None:
+        health = self._health[camera.id]
+        before = (health.status, health.last_error_class)
+        health.record_failure(utcnow(), exc, self.settings, self._rng)
+        # One line per change of state, not one per cycle for the same state.
+        if (health.status, health.last_error_class) != before:
+            # The error's own message starts with the camera id.
+            log.warning(
+                "%s (%s); status %s, next try %s",
+                exc,
+                exc.failure_class,
+                health.status,
+                health.next_attempt_at.isoformat() if health.next_attempt_at else "never",
+            )
+
+    async def _record_attempt(
+        self,
+        camera: Camera,
+        started,
+        error: CaptureError | None,
+        record: SnapshotRecord | None,
+    ) -> None:
+        ended = utcnow()
+        await asyncio.to_thread(
+            self.store.record_capture,
+            camera_id=camera.id,
+            started_at=started,
+            ended_at=ended,
+            duration=(ended - started).total_seconds(),
+            outcome="ok" if error is None else error.failure_class,
+            message=None if error is None else str(error),
+            bytes=record.bytes if record else None,
+            width=record.width if record else None,
+            height=record.height if record else None,
+            driver="ffmpeg",
+            secrets=camera.secrets(),
+        )
+
+    async def _end_leftovers(self, purpose: str) -> int:
+        leftovers = [c for c in self.supervisor.children() if c.purpose == purpose]
+        for child in leftovers:
+            log.error(
+                "leak: %s child %d (camera %s) outlived its capture; ending it",
+                purpose,
+                child.pid,
+                child.camera_id,
+            )
+            await self.supervisor.terminate(child.pid, reason="leak")
+        self.leaks += len(leftovers)
+        return len(leftovers)
+
+    async def _record_cycle(self, stats: CycleStats) -> None:
+        await asyncio.to_thread(
+            self.store.record_cycle,
+            subnet=stats.subnet,
+            number=stats.number,
+            started_at=stats.started_at,
+            ended_at=stats.ended_at,
+            duration=stats.duration,
+            visited=stats.visited,
+            succeeded=stats.succeeded,
+            failed=stats.failed,
+            timed_out=stats.timed_out,
+            skipped=stats.skipped,
+            leaks=stats.leaks,
+        )
+
+    async def _prune_forever(self) -> None:
+        while True:
+            now = utcnow()
+            counts = await asyncio.to_thread(self.store.prune, now, self.settings.retention_days)
+            log.debug(
+                "retention: pruned %s older than %s",
+                counts,
+                now - timedelta(days=self.settings.retention_days),
+            )
+            await asyncio.sleep(PRUNE_EVERY)
