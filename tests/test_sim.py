@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import subprocess
 
 import httpx
@@ -172,3 +174,45 @@ def test_sim_command_serves_a_config_file_and_stops_on_sigterm(tmp_path):
     assert sim.proc is not None and sim.proc.returncode == 0
     assert "p@ss" not in sim.output()
     assert "stopped" in sim.output()
+
+
+async def _rtsp_request(reader, writer, method: str, uri: str, cseq: int, extra: str = "") -> str:
+    """Send one RTSP request on a raw connection and return the response head."""
+    writer.write(f"{method} {uri} RTSP/1.0\r\nCSeq: {cseq}\r\n{extra}\r\n".encode())
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    length = re.search(r"Content-Length: (\d+)", head)
+    if length:
+        head += (await reader.readexactly(int(length.group(1)))).decode()
+    return head
+
+
+@pytest.mark.timeout(30)
+async def test_idle_session_times_out_and_frees_its_slot():
+    async with running_sim([camera(session_timeout=1, max_sessions=1)]) as sim:
+        cam = sim.camera("cam1")
+        reader, writer = await asyncio.open_connection(cam.config.host, cam.port)
+        try:
+            describe = await _rtsp_request(reader, writer, "DESCRIBE", cam.url(), 1)
+            transport = "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n"
+            setup = await _rtsp_request(
+                reader, writer, "SETUP", cam.url() + "/trackID=0", 2, transport
+            )
+            assert cam.stats()["sessions"] == 1
+            # No keep-alive: the camera expires the session after 1 s and drops the connection.
+            closed = await asyncio.wait_for(reader.read(), timeout=10)
+        finally:
+            writer.close()
+
+        assert "sprop-parameter-sets=" in describe and "packetization-mode=1" in describe
+        assert "Session: " in setup and ";timeout=1" in setup
+        assert closed == b""
+        assert cam.stats()["sessions"] == 0
+
+
+@pytest.mark.timeout(60)
+async def test_camera_with_awkward_label_streams():
+    async with running_sim([camera(label="Cam: 'ü' 100% \\ {x}")]) as sim:
+        result = await run_client(ffmpeg_frame_argv(sim.camera("cam1").url()), within=30)
+
+    assert result.returncode == 0, result.stderr
+    assert result.image().size == (320, 180)
