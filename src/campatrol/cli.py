@@ -1,4 +1,4 @@
-"""campatrol's command line: run, demo, snap, check-config, sim."""
+"""campatrol's command line: run, demo, snap, check-config, sim, ps."""
 
 from __future__ import annotations
 
@@ -163,6 +163,15 @@ def _register_sim() -> None:
 
 
 _register_sim()
+
+
+def _register_ps() -> None:
+    from campatrol.ps import ps_command
+
+    app.command("ps")(ps_command)
+
+
+_register_ps()
 
 
 def main() -> None:
