@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -30,6 +31,7 @@ from campatrol.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH: Final = Path("campatrol.toml")
+TOP_LEVEL_KEYS: Final = ("server", "alerts", "cameras")
 
 _DNS_LABEL: Final = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _ENV_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -78,6 +80,49 @@ def check_host(value: str) -> str:
     if name and len(name) <= 253 and not numeric and all(map(_DNS_LABEL.match, labels)):
         return name.lower()
     raise ValueError("must be an IPv4 address, an IPv6 address or a DNS name")
+
+
+class AlertSettings(BaseModel):
+    """The `[alerts]` table: thresholds of the alerts and where to POST them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_children_total: int | None = Field(
+        None,
+        ge=0,
+        description="Alert when more child processes than this run at once "
+        "(default: [server] max_processes).",
+    )
+    max_children_per_camera: int | None = Field(
+        None,
+        ge=0,
+        description="Alert when more child processes than this run for one camera "
+        "(default: the camera's max_sessions).",
+    )
+    event_hold: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds an event alert (leak, watchdog kill, orphan) stays active after "
+        "its last occurrence before it clears.",
+    )
+    webhook_url: str | None = Field(
+        None,
+        description="http(s) URL that receives each alert start and clear as a JSON POST "
+        "(no default: nothing is sent unless set).",
+    )
+    webhook_timeout: float = Field(
+        5.0, gt=0, le=60, description="Seconds one webhook POST may take before it is given up."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
 
 
 class Settings(BaseModel):
@@ -139,6 +184,10 @@ class Settings(BaseModel):
     )
     grace: float = Field(
         2.0, gt=0, le=60, description="Seconds between SIGTERM and SIGKILL of a capture process."
+    )
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings,
+        description="The `[alerts]` table (a table of its own in the file, not a [server] key).",
     )
 
     @field_validator("listen")
@@ -293,11 +342,11 @@ def load_config(path: Path | str, *, environ: Mapping[str, str] | None = None) -
     document = _read_toml(path)
     environ = os.environ if environ is None else environ
 
-    unknown = sorted(set(document) - {"server", "cameras"})
+    unknown = sorted(set(document) - set(TOP_LEVEL_KEYS))
     if unknown:
-        hint = _did_you_mean(unknown[0], ("server", "cameras"))
+        hint = _did_you_mean(unknown[0], TOP_LEVEL_KEYS)
         raise ConfigError(f"{path}: unknown top-level key {unknown[0]!r}{hint}")
-    settings = _parse_settings(path, document.get("server", {}))
+    settings = _parse_settings(path, document.get("server", {}), document.get("alerts", {}))
     entries = document.get("cameras", [])
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: 'cameras' must be an array of tables ([[cameras]])")
@@ -352,16 +401,25 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 
 
-def _parse_settings(path: Path, table: object) -> Settings:
+def _parse_settings(path: Path, table: object, alerts: object) -> Settings:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [server] must be a table")
+    if not isinstance(alerts, dict):
+        raise ConfigError(f"{path}: [alerts] must be a table")
+    if "alerts" in table:
+        # Settings carries the [alerts] table as a field; in the file it is a table of its own.
+        raise ConfigError(f"{path}: [server] alerts: unknown key (write an [alerts] table)")
     try:
-        return Settings.model_validate(table)
+        return Settings.model_validate({**table, "alerts": alerts})
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"])
-        reason = _reason(error, Settings.model_fields)
-        where = f"[server] {key}" if key else "[server]"
+        loc = [str(part) for part in error["loc"]]
+        table_name, fields = "[server]", Settings.model_fields
+        if loc[:1] == ["alerts"]:
+            table_name, fields, loc = "[alerts]", AlertSettings.model_fields, loc[1:]
+        key = ".".join(loc)
+        reason = _reason(error, fields)
+        where = f"{table_name} {key}" if key else table_name
         raise ConfigError(f"{path}: {where}: {reason}") from None
 
 

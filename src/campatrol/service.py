@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -12,11 +14,24 @@ from types import TracebackType
 from typing import Final
 
 from campatrol import __version__
+from campatrol.alerts import (
+    BUSY,
+    CHILDREN_CAMERA,
+    CHILDREN_TOTAL,
+    ERROR,
+    LEAK,
+    OFFLINE,
+    ORPHAN,
+    WARNING,
+    WATCHDOG_KILL,
+    Alerts,
+)
 from campatrol.cameras import Camera
 from campatrol.capture import capture_ffmpeg
 from campatrol.config import ConfigProblem, Settings, group_by_subnet
-from campatrol.errors import CaptureError, CaptureTimeout
+from campatrol.errors import CaptureBusy, CaptureError, CaptureTimeout
 from campatrol.ffmpeg import FfmpegInfo, find_ffmpeg
+from campatrol.metrics import WATCHDOG_REASON, Metrics
 from campatrol.patrol import (
     DISABLED,
     ONLINE,
@@ -27,14 +42,16 @@ from campatrol.patrol import (
     Patrol,
     utcnow,
 )
+from campatrol.patrol import OFFLINE as OFFLINE_STATUS
 from campatrol.slots import SlotBudget
 from campatrol.store import SnapshotRecord, Store
-from campatrol.supervisor import Supervisor
+from campatrol.supervisor import Supervisor, SupervisorEvent
 
 log = logging.getLogger(__name__)
 
 MANUAL_PURPOSE: Final = "manual"
 PRUNE_EVERY: Final = 3600.0
+LAG_PROBE_EVERY: Final = 1.0
 
 
 class Service:
@@ -68,6 +85,11 @@ class Service:
         self.leaks = 0
         self._rng = random.Random()
         self._health: dict[str, CameraHealth] = {}
+        self.metrics = Metrics()
+        self.metrics.watch_slots(self.slots, lambda: list(self.cameras))
+        self.alerts = Alerts(settings.alerts)
+        self._children_by_camera: collections.Counter[str] = collections.Counter()
+        self.supervisor.on_event(self._on_supervisor_event)
         for camera in cameras:
             self.slots.configure(camera.id, camera.max_sessions)
             self._health[camera.id] = CameraHealth(status=UNKNOWN if camera.enabled else DISABLED)
@@ -97,6 +119,9 @@ class Service:
                 len(self.orphans_ended),
                 self.orphans_ended,
             )
+            self.metrics.orphans_ended.inc(len(self.orphans_ended))
+            message = f"ended {len(self.orphans_ended)} orphan process(es) of a dead instance"
+            self.alerts.start(ORPHAN, "host", message, WARNING)
         return self
 
     async def __aexit__(
@@ -111,11 +136,15 @@ class Service:
             await asyncio.shield(asyncio.to_thread(self.store.close))
 
     async def run(self) -> None:
-        """Patrol every subnet concurrently and prune old records, until cancelled."""
+        """Patrol every subnet concurrently, prune old records, measure the event loop's lag
+        and deliver alerts to the webhook, until cancelled."""
         async with asyncio.TaskGroup() as tg:
             for patrol in self.patrols.values():
                 tg.create_task(patrol.run(), name=f"patrol {patrol.subnet}")
             tg.create_task(self._prune_forever(), name="retention")
+            tg.create_task(self._probe_loop_lag_forever(), name="loop lag")
+            if self.settings.alerts.webhook_url is not None:
+                tg.create_task(self.alerts.deliver_forever(), name="alert webhook")
 
     def health(self, camera_id: str) -> CameraHealth:
         """The current health of a camera; KeyError for an unknown id."""
@@ -145,8 +174,10 @@ class Service:
         if self.ffmpeg is None:
             raise RuntimeError(f"{self!r} is not started: use it as an async context manager")
         started = utcnow()
+        ran_for: float | None = None
         try:
             async with self.slots.lease(camera.id, timeout=self.settings.slot_wait) as lease:
+                t0 = time.monotonic()
                 try:
                     snapshot = await capture_ffmpeg(
                         camera,
@@ -161,6 +192,8 @@ class Service:
                     if camera.hold_after_kill > 0:
                         lease.hold_down(camera.hold_after_kill)
                     raise
+                finally:
+                    ran_for = time.monotonic() - t0
             record = await asyncio.to_thread(
                 self.store.save_snapshot,
                 camera.id,
@@ -172,17 +205,63 @@ class Service:
                 driver=snapshot.driver,
             )
         except CaptureError as exc:
+            # A busy answer with no process run is our own slot budget refusing; with one, it
+            # is the camera saying its sessions are taken (by someone else, as ours are leased).
+            camera_busy = isinstance(exc, CaptureBusy) and ran_for is not None
+            if isinstance(exc, CaptureBusy) and ran_for is None:
+                self.metrics.slot_busy.labels(camera.id).inc()
+            self.metrics.observe_capture(camera.id, exc.failure_class, ran_for)
             self._note_failure(camera, exc)
+            self._check_camera_alerts(camera, camera_busy=camera_busy)
             await self._record_attempt(camera, started, exc, None)
             raise
+        self.metrics.observe_capture(camera.id, "ok", ran_for)
         health = self._health[camera.id]
         if health.status not in (ONLINE, UNKNOWN):
             log.info(
                 "camera %s: back online after %d failure(s)", camera.id, health.consecutive_failures
             )
         health.record_success(utcnow())
+        self._check_camera_alerts(camera, camera_busy=False)
         await self._record_attempt(camera, started, None, record)
         return record
+
+    def _check_camera_alerts(self, camera: Camera, *, camera_busy: bool) -> None:
+        health = self._health[camera.id]
+        offline = health.status == OFFLINE_STATUS
+        reason = health.last_error_class or "unknown"
+        message = (
+            f"camera {camera.id}: offline after {health.consecutive_failures} failures ({reason})"
+        )
+        self.alerts.update(OFFLINE, camera.id, offline, message, WARNING)
+        message = f"camera {camera.id}: answers busy; another client holds its sessions"
+        self.alerts.update(BUSY, camera.id, camera_busy, message, WARNING)
+
+    def _on_supervisor_event(self, event: SupervisorEvent) -> None:
+        self.metrics.observe_event(event)
+        if event.kind == "killed" and event.reason == WATCHDOG_REASON:
+            subject = event.camera_id or event.purpose
+            message = f"watchdog killed child {event.pid} ({event.purpose}) past its deadline"
+            self.alerts.start(WATCHDOG_KILL, subject, message, ERROR)
+        if event.camera_id is None or event.kind not in ("spawned", "exited"):
+            return
+        self._children_by_camera[event.camera_id] += 1 if event.kind == "spawned" else -1
+        self._check_children_alerts(event.camera_id)
+
+    def _check_children_alerts(self, camera_id: str) -> None:
+        alerts = self.settings.alerts
+        total = self.supervisor.running
+        limit = alerts.max_children_total
+        limit = self.settings.max_processes if limit is None else limit
+        message = f"{total} child processes running, more than {limit}"
+        self.alerts.update(CHILDREN_TOTAL, "all", total > limit, message, ERROR)
+        count = self._children_by_camera[camera_id]
+        limit = alerts.max_children_per_camera
+        if limit is None:
+            camera = self.cameras.get(camera_id)
+            limit = camera.max_sessions if camera is not None else self.settings.max_processes
+        message = f"camera {camera_id}: {count} child processes running, more than {limit}"
+        self.alerts.update(CHILDREN_CAMERA, camera_id, count > limit, message, ERROR)
 
     def _note_failure(self, camera: Camera, exc: CaptureError) -> None:
         health = self._health[camera.id]
@@ -233,9 +312,17 @@ class Service:
             )
             await self.supervisor.terminate(child.pid, reason="leak")
         self.leaks += len(leftovers)
+        self.metrics.leaks.inc(len(leftovers))
         return len(leftovers)
 
     async def _record_cycle(self, stats: CycleStats) -> None:
+        self.metrics.cycle_duration.labels(stats.subnet).observe(stats.duration)
+        if stats.leaks:
+            message = (
+                f"subnet {stats.subnet}: {stats.leaks} child process(es) outlived their capture"
+            )
+            self.alerts.start(LEAK, stats.subnet, message, ERROR)
+        self.alerts.expire_events()
         await asyncio.to_thread(
             self.store.record_cycle,
             subnet=stats.subnet,
@@ -250,6 +337,13 @@ class Service:
             skipped=stats.skipped,
             leaks=stats.leaks,
         )
+
+    async def _probe_loop_lag_forever(self) -> None:
+        # A sleep that wakes late measures how long the loop was busy with something else.
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(LAG_PROBE_EVERY)
+            self.metrics.observe_loop_lag(max(0.0, time.monotonic() - t0 - LAG_PROBE_EVERY))
 
     async def _prune_forever(self) -> None:
         while True:
