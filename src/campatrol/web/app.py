@@ -20,11 +20,14 @@ from starlette.exceptions import HTTPException
 
 from campatrol import __version__
 from campatrol.cameras import mask_secrets
+from campatrol.census import take_census
 from campatrol.errors import CaptureBusy, CaptureError
+from campatrol.web import observe
 from campatrol.web.schemas import (
     CameraDetail,
     CameraSummary,
     CaptureInfo,
+    CensusReport,
     CycleInfo,
     ErrorBody,
     FfmpegStatus,
@@ -85,6 +88,7 @@ def create_app(service: Service) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(router)
+    app.include_router(observe.router)  # /metrics, /api/alerts
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 
@@ -398,3 +402,10 @@ async def system_status(service: ServiceDep) -> SystemStatus:
         patrols=len(service.patrols),
         children=len(service.supervisor.children()),
     )
+
+
+@router.get("/api/system/census", response_model=CensusReport)
+async def system_census(service: ServiceDep) -> CensusReport:
+    """Return the host-wide census of capture processes and RTSP connections, argv masked."""
+    census = await asyncio.to_thread(take_census, list(service.cameras.values()))
+    return CensusReport.model_validate(census.to_dict())

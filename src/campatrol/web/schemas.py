@@ -155,3 +155,52 @@ class SystemStatus(BaseModel):
     cameras_by_status: dict[str, int]
     patrols: int
     children: int
+
+
+class CensusProcessInfo(BaseModel):
+    """One capture process on the host, whoever started it."""
+
+    pid: int
+    name: str
+    user: str | None
+    started: UtcDateTime
+    age: float = Field(description="seconds since the process started")
+    owner: str = Field(description="campatrol (owner alive), orphan (owner dead) or foreign")
+    owner_pid: int | None = Field(description="pid named by the campatrol marker, if any")
+    instance: str | None = Field(description="campatrol instance id named by the marker")
+    camera: str | None = Field(description="host:port of the rtsp:// URL in its argv")
+    connections: int = Field(description="its open TCP connections, when the kernel tells")
+    argv: list[str] = Field(description="masked: never contains credentials")
+
+
+class CensusCamera(BaseModel):
+    """Processes and TCP connections the host holds against one camera endpoint."""
+
+    camera: str = Field(description="host:port")
+    host: str
+    port: int
+    camera_id: str | None = Field(description="the configured camera at this endpoint, if any")
+    processes: int
+    by_owner: dict[str, int]
+    connections: int = Field(description="ESTABLISHED and SYN_SENT TCP connections to it")
+    oldest: CensusProcessInfo | None
+    pids: list[int]
+
+
+class CensusTotals(BaseModel):
+    """Counts over the whole census."""
+
+    processes: int
+    connections: int
+    campatrol: int
+    orphan: int
+    foreign: int
+
+
+class CensusReport(BaseModel):
+    """The host-wide census, as `campatrol ps --json` prints it."""
+
+    taken_at: UtcDateTime
+    cameras: list[CensusCamera] = Field(description="sorted by processes, then connections")
+    processes: list[CensusProcessInfo] = Field(description="oldest first")
+    totals: CensusTotals
