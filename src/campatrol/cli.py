@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from campatrol.errors import FAILURE_CLASSES, CampatrolError, ConfigError
 
@@ -19,8 +19,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Soft wrap: a message or URL stays on one line for grep and scripts, whatever the width
+# (a pipe or CI log gets 80 columns); the terminal wraps it for people.
+console = Console(soft_wrap=True, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 # `campatrol snap` exit statuses: 0 on success, 2 for a bad command line or config file,
 # then one status per failure class, so scripts can branch on the reason.
@@ -38,8 +40,14 @@ def _setup_logging(verbose: bool) -> None:
     configure_logging(logging.DEBUG if verbose else logging.INFO)
 
 
+def _labelled(label: str, message: str) -> Text:
+    # Text, not markup: messages quote the user's file ("[server] port: ..."), which rich
+    # would otherwise take for style tags and drop.
+    return Text.assemble((f"{label}:", "red"), " ", message)
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    err_console.print(_labelled("error", message))
     return typer.Exit(code)
 
 
@@ -55,24 +63,28 @@ def check_config(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
 
+    # Plain aligned lines rather than a table: a table fitted to 80 columns cut the URLs.
     for subnet, cameras in group_by_subnet(loaded.cameras).items():
-        table = Table(title=f"subnet {subnet}", title_justify="left", show_edge=False)
-        for column in ("id", "name", "brand", "slots", "deadline", "enabled", "url"):
-            table.add_column(column)
-        for cam in cameras:
-            table.add_row(
+        console.print(Text(f"subnet {subnet}", style="bold"))
+        rows = [
+            (
                 cam.id,
                 cam.name,
                 cam.brand,
-                str(cam.max_sessions),
-                f"{cam.deadline:g}s",
-                "yes" if cam.enabled else "no",
+                f"{cam.max_sessions} slot(s)",
+                f"deadline {cam.deadline:g}s",
+                "enabled" if cam.enabled else "disabled",
                 cam.masked_url(),
             )
-        console.print(table)
+            for cam in cameras
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            console.print(Text("  " + "  ".join([*cells, row[-1]])))
     console.print(f"{len(loaded.cameras)} camera(s) valid, {len(loaded.problems)} problem(s)")
     for problem in loaded.problems:
-        err_console.print(f"[red]problem:[/red] {file}: {problem}", highlight=False)
+        err_console.print(_labelled("problem", f"{file}: {problem}"))
     if loaded.problems:
         raise typer.Exit(1)
 
@@ -148,11 +160,13 @@ def snap(
         snapshot = asyncio.run(snap_once(loaded.settings, chosen, output))
     except CampatrolError as exc:
         failure = getattr(exc, "failure_class", None)
-        err_console.print(f"[red]{failure or 'error'}:[/red] {exc}", highlight=False)
+        err_console.print(_labelled(failure or "error", str(exc)))
         raise typer.Exit(SNAP_EXIT.get(failure or "", 1)) from None
     console.print(
-        f"{output}: {snapshot.width}x{snapshot.height}, {len(snapshot.jpeg)} bytes, "
-        f"{snapshot.duration:.2f}s"
+        Text(
+            f"{output}: {snapshot.width}x{snapshot.height}, {len(snapshot.jpeg)} bytes, "
+            f"{snapshot.duration:.2f}s"
+        )
     )
 
 
