@@ -165,26 +165,37 @@ class Alerts:
             return
         timeout = self.settings.webhook_timeout
         where = _masked_url(url)
-        failing = False
+        # httpx logs each request's full URL at INFO; the URL may carry a token.
+        guard = _UrlMask(url, where)
+        httpx_log = logging.getLogger("httpx")
+        httpx_log.addFilter(guard)
         # Limitation: proxies from the environment are not used (trust_env=False), so a webhook
         # that is reachable only through an HTTP proxy cannot be delivered to.
-        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
-            while True:
-                notice = await self._outbox.get()
-                if self._dropping and self._outbox.empty():
-                    self._dropping = False
-                try:
-                    async with asyncio.timeout(timeout):
-                        response = await client.post(url, json=notice)
-                    response.raise_for_status()
-                except (httpx.HTTPError, TimeoutError) as exc:
-                    if not failing:
-                        log.warning("alert webhook %s: delivery failed: %s", where, _reason(exc))
-                    failing = True
-                    continue
-                if failing:
-                    log.info("alert webhook %s: delivering again", where)
-                    failing = False
+        try:
+            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+                await self._deliver(client, url, where)
+        finally:
+            httpx_log.removeFilter(guard)
+
+    async def _deliver(self, client: httpx.AsyncClient, url: str, where: str) -> None:
+        timeout = self.settings.webhook_timeout
+        failing = False
+        while True:
+            notice = await self._outbox.get()
+            if self._dropping and self._outbox.empty():
+                self._dropping = False
+            try:
+                async with asyncio.timeout(timeout):
+                    response = await client.post(url, json=notice)
+                response.raise_for_status()
+            except (httpx.HTTPError, TimeoutError) as exc:
+                if not failing:
+                    log.warning("alert webhook %s: delivery failed: %s", where, _reason(exc))
+                failing = True
+                continue
+            if failing:
+                log.info("alert webhook %s: delivering again", where)
+                failing = False
 
     def _notify(self, event: str, alert: Alert) -> None:
         if self.settings.webhook_url is None:
@@ -197,6 +208,21 @@ class Alerts:
             if not self._dropping:
                 log.warning("alert webhook: queue full (%d); dropping notices", QUEUE_LIMIT)
                 self._dropping = True
+
+
+class _UrlMask(logging.Filter):
+    """Replaces one URL by its masked form in the records of the logger it is added to."""
+
+    def __init__(self, url: str, masked: str) -> None:
+        super().__init__()
+        self._url = url
+        self._masked = masked
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self._url in message:
+            record.msg, record.args = message.replace(self._url, self._masked), None
+        return True
 
 
 def _span(alert: Alert) -> str:
