@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 MARKER_VAR: Final = "CAMPATROL_INSTANCE"
 _POLL: Final = 0.02  # seconds between looks at a group we cannot wait() for
 _PR_SET_PDEATHSIG: Final = 1
+_PR_SET_CHILD_SUBREAPER: Final = 36
 
 
 def _load_prctl() -> Callable[..., int] | None:
@@ -64,6 +65,43 @@ def make_preexec(expected_parent: int) -> Callable[[], None] | None:
             os._exit(255)
 
     return preexec
+
+
+def become_subreaper(enable: bool = True) -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux); return whether it is.
+
+    A grandchild that left its group (setsid) and outlives its parent is then re-parented to
+    campatrol instead of init, so it shows in our process table and is reaped by us
+    (`reap_adopted`) rather than depending on an init that may not reap (some containers).
+    """
+    if _prctl is None:
+        return False  # Limitation: outside Linux, orphaned grandchildren go to init
+    if _prctl(_PR_SET_CHILD_SUBREAPER, int(enable), 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        logger.warning("cannot become a child subreaper: %s", os.strerror(errno))
+        return False
+    return enable
+
+
+def adopted_zombies(registered: set[int]) -> list[int]:
+    """Return pids of our zombie children that are not in `registered` (supervised children)."""
+    zombies = []
+    for child in psutil.Process().children():
+        try:
+            if child.pid not in registered and child.status() == psutil.STATUS_ZOMBIE:
+                zombies.append(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return zombies
+
+
+def reap(pid: int) -> bool:
+    """Collect the exit status of our zombie child `pid` without blocking; return whether done."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False  # someone else collected it first
+    return reaped == pid
 
 
 def make_marker(instance_id: str, owner_pid: int | None = None) -> str:

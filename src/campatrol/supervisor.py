@@ -8,6 +8,10 @@ restarted server can find and end the orphans of a dead one (`sweep_orphans`).
 A child is stopped one way only (`_stop`): SIGTERM to its group, `grace` seconds, SIGKILL to the
 group, reap; then any process left in the group is ended the same way. `run()` neither returns
 nor raises before that is done.
+
+`watchdog()` is the second line of defence: it re-checks the registry every few seconds, stops any
+child that outlived its deadline anyway (a bug elsewhere) and reaps zombies re-parented to us
+when campatrol is a child subreaper (procgroups.become_subreaper).
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from typing import Final
 from campatrol.errors import SupervisorClosed, SupervisorError
 from campatrol.procgroups import (
     MARKER_VAR,
+    adopted_zombies,
     end_orphan,
     find_orphans,
     group_alive,
     make_marker,
     make_preexec,
+    reap,
     wait_group_gone,
 )
 
@@ -43,6 +49,10 @@ DEFAULT_STDOUT_LIMIT: Final = 16 * 1024 * 1024
 STDERR_TAIL_LINES: Final = 40
 _STDERR_LINE_MAX: Final = 500  # bytes kept of one stderr line; bounds memory per child
 _DRAIN_TIMEOUT: Final = 1.0  # how long to wait for pipe EOF once the group is gone
+WATCHDOG_INTERVAL: Final = 2.0
+# Seconds beyond deadline + grace before the watchdog steps in: the deadline stop itself must
+# have had its chance (scheduling on a loaded 2-core box can delay it by a fraction of this).
+WATCHDOG_MARGIN: Final = 1.0
 
 
 def _mask(text: str, secrets: Iterable[str]) -> str:
@@ -105,6 +115,8 @@ class SupervisorCounters:
     exited: int = 0
     spawn_failures: int = 0
     killed: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    watchdog_kills: int = 0  # children the watchdog found past their deadline (each one a bug)
+    adopted_reaped: int = 0  # re-parented zombies reaped as a child subreaper
 
 
 class _ChildProtocol(asyncio.SubprocessProtocol):
@@ -179,7 +191,15 @@ class Supervisor:
     `await supervisor.close()`) refuses new children and stops every live one.
     """
 
-    def __init__(self, max_processes: int, instance_id: str | None = None) -> None:
+    def __init__(
+        self,
+        max_processes: int,
+        instance_id: str | None = None,
+        *,
+        enforce_deadlines: bool = True,
+    ) -> None:
+        # enforce_deadlines=False is a test seam only: `run` then ignores deadlines, which
+        # stands in for the bug the watchdog exists to catch.
         if max_processes < 1:
             raise ValueError(f"max_processes must be at least 1, got {max_processes}")
         self.max_processes = max_processes
@@ -190,6 +210,7 @@ class Supervisor:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._hooks: list[Callable[[SupervisorEvent], None]] = []
         self._closed = False
+        self._enforce_deadlines = enforce_deadlines
         self._drained = asyncio.Event()  # set when closed and no child is alive or starting
 
     def __repr__(self) -> str:
@@ -385,9 +406,10 @@ class Supervisor:
         exited = asyncio.ensure_future(child.protocol.exited.wait())
         limit_hit = asyncio.ensure_future(child.protocol.over_limit.wait())
         remaining = child.deadline - (time.monotonic() - child.started_mono)
+        timeout = max(0.0, remaining) if self._enforce_deadlines else None
         try:
             done, _ = await asyncio.wait(
-                {exited, limit_hit}, timeout=max(0.0, remaining), return_when="FIRST_COMPLETED"
+                {exited, limit_hit}, timeout=timeout, return_when="FIRST_COMPLETED"
             )
         finally:
             exited.cancel()
@@ -506,6 +528,67 @@ class Supervisor:
                 hook(event)
             except Exception:
                 logger.exception("supervisor event hook %r failed", hook)
+
+    async def watchdog(
+        self, interval: float = WATCHDOG_INTERVAL, margin: float = WATCHDOG_MARGIN
+    ) -> None:
+        """Every `interval` seconds, stop overdue children and reap adopted zombies; never returns.
+
+        Cancellation lets a stop already under way finish (the child is reaped) and re-raises.
+        """
+        if interval <= 0:
+            raise ValueError(f"watchdog interval must be positive, got {interval}")
+        seen: set[int] = set()
+        while True:
+            await asyncio.sleep(interval)
+            await self.stop_overdue(margin)
+            seen = await self._reap_adopted(seen)
+
+    async def stop_overdue(self, margin: float = WATCHDOG_MARGIN) -> list[int]:
+        """Stop every child still running `margin` s past its deadline plus grace; return pids.
+
+        Such a child escaped `run`'s own deadline, which is a bug elsewhere: each one is logged
+        at ERROR, counted in `counters.watchdog_kills` and stopped the one way with reason
+        "watchdog" (its `run` returns with killed_by="watchdog").
+        """
+        now = time.monotonic()
+        overdue = [
+            child
+            for child in self._children.values()
+            if child.stop_task is None
+            and not child.protocol.exited.is_set()
+            and now - child.started_mono > child.deadline + child.grace + margin
+        ]
+        for child in overdue:
+            self.counters.watchdog_kills += 1
+            logger.error(
+                "child %s (%s, camera %s): still running %.1fs after its %.1fs deadline; "
+                "watchdog stops it",
+                child.pid,
+                child.info.purpose,
+                child.info.camera_id or "-",
+                now - child.started_mono - child.deadline,
+                child.deadline,
+            )
+        if overdue:
+            stops = [self._request_stop(child, "watchdog") for child in overdue]
+            await _await_uninterruptibly(asyncio.gather(*stops))
+        return [child.pid for child in overdue]
+
+    async def _reap_adopted(self, seen: set[int]) -> set[int]:
+        """Reap zombie children we do not supervise that were already zombies last time.
+
+        They are descendants re-parented to us as a subreaper. One interval of patience leaves
+        any other waiter in the process (asyncio's child watcher, subprocess.run in a thread,
+        each waiting on its own pid) time to collect its child first. Returns the zombies seen
+        now and left for the next pass.
+        """
+        zombies = set(await asyncio.to_thread(adopted_zombies, set(self._children)))
+        for pid in zombies & seen:
+            if reap(pid):
+                self.counters.adopted_reaped += 1
+                logger.debug("reaped adopted process %s", pid)
+        return zombies - seen
 
     async def sweep_orphans(self, current_instance: str | None = None) -> list[int]:
         """End processes marked by another campatrol instance whose owner is dead; return pids.
