@@ -583,6 +583,8 @@ class Supervisor:
         each waiting on its own pid) time to collect its child first. Returns the zombies seen
         now and left for the next pass.
         """
+        # Limitation: a child forked by other code in this process and left unwaited for a whole
+        # interval (a Popen polled rarely) is reaped here; its poll() then reports returncode 0.
         zombies = set(await asyncio.to_thread(adopted_zombies, set(self._children)))
         for pid in zombies & seen:
             if reap(pid):
