@@ -143,6 +143,7 @@ class Service:
                 tg.create_task(patrol.run(), name=f"patrol {patrol.subnet}")
             tg.create_task(self._prune_forever(), name="retention")
             tg.create_task(self._probe_loop_lag_forever(), name="loop lag")
+            tg.create_task(self.supervisor.watchdog(), name="watchdog")
             if self.settings.alerts.webhook_url is not None:
                 tg.create_task(self.alerts.deliver_forever(), name="alert webhook")
 
