@@ -67,6 +67,7 @@ class RowResult:
     cpu_seconds: float
     cpu_per_snapshot: float | None
     wall_seconds: float
+    errors: dict[str, int]
 
 
 def sim_cameras(fault: str) -> list[SimCameraConfig]:
@@ -210,6 +211,15 @@ async def run_row(
     threads = key == "c"
     sampler = Sampler(sim, ctx, count_threads=threads)
 
+    # Exceptions left in tasks nobody awaits (ha-ffmpeg's kill() starts one) are this row's.
+    loop = asyncio.get_running_loop()
+
+    def count_unretrieved(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        name = type(error).__name__ if error is not None else "error"
+        ctx.tally.errors[f"{name} in an unawaited task"] += 1
+
+    loop.set_exception_handler(count_unretrieved)
     cpu_before = cpu_total()
     started = time.monotonic()
     async with asyncio.TaskGroup() as tg:
@@ -223,6 +233,7 @@ async def run_row(
     leaked = await end_threads(ctx) if threads else await end_leftovers(ctx)
     await wait_quiet(sim)
     cpu = cpu_total() - cpu_before
+    loop.set_exception_handler(None)
 
     hanging = sim.camera(HANGING).stats()
     healthy = [(ok, secs) for cam, ok, secs in ctx.tally.attempts if cam != HANGING]
@@ -245,6 +256,7 @@ async def run_row(
         cpu_seconds=cpu,
         cpu_per_snapshot=cpu / len(good) if good else None,
         wall_seconds=wall,
+        errors=dict(ctx.tally.errors),
     )
 
 
@@ -257,7 +269,7 @@ def render(results: list[RowResult], meta: dict[str, Any], console: Console) -> 
     table = Table(title=f"The incident, {meta['cycles']} cycles ({meta['description']})")
     for header in (
         "row", "peak procs", "final procs", "leaked", "hang: peak sess.", "hang: refused",
-        "hang: peak conns", "healthy ok", "median", "p95", "CPU s / snapshot",
+        "hang: peak conns", "healthy ok", "median", "p95", "CPU s / snapshot", "raised",
     ):  # fmt: skip
         table.add_column(header, justify="left" if header == "row" else "right")
     for r in results:
@@ -274,8 +286,13 @@ def render(results: list[RowResult], meta: dict[str, Any], console: Console) -> 
             seconds(r.latency_median),
             seconds(r.latency_p95),
             "—" if r.cpu_per_snapshot is None else f"{r.cpu_per_snapshot:.3f}",
+            str(sum(r.errors.values())),
         )
     console.print(table)
+    for r in results:
+        if r.errors:
+            raised = ", ".join(f"{count} {name}" for name, count in sorted(r.errors.items()))
+            console.print(f"{r.name} raised: {raised}")
     console.print(
         f"ffmpeg {meta['ffmpeg_version']} ({meta['ffmpeg_path']}); {meta['cpus']} CPUs, "
         f"load average {meta['load_before']} before, {meta['load_after']} after"
