@@ -70,6 +70,7 @@ class RowContext:
     abandoned: list[asyncio.subprocess.Process] = field(default_factory=list)
     # Row (c) registers its capture threads here so the sampler can count the stuck ones.
     threads: set[threading.Thread] = field(default_factory=set)
+    drained_after: float = 0.0
 
 
 Capture = Callable[[Target], Awaitable[bool]]

@@ -44,6 +44,7 @@ PROBES: Final = {
     "default": (),
 }
 QUIET_WITHIN: Final = 15.0  # seconds the simulator gets to see every connection close
+DRAIN_WITHIN: Final = 600.0  # seconds the bench waits for row (c)'s threads before going on
 
 
 @dataclass
@@ -67,6 +68,7 @@ class RowResult:
     cpu_seconds: float
     cpu_per_snapshot: float | None
     wall_seconds: float
+    drained_after: float  # seconds from the row's end until its leftovers were gone
     errors: dict[str, int]
 
 
@@ -169,13 +171,25 @@ async def end_leftovers(ctx: RowContext) -> int:
 
 
 async def end_threads(ctx: RowContext) -> int:
-    """Wait (threads cannot be killed) for row (c)'s capture threads; return those still stuck."""
-    stuck = {thread for thread in ctx.threads if thread.is_alive()}
-    end = time.monotonic() + QUIET_WITHIN
+    """Wait for row (c)'s capture threads; return how many still ran QUIET_WITHIN s later.
+
+    Threads cannot be killed, so the bench then waits (up to DRAIN_WITHIN) until they are all
+    gone: otherwise they would go on loading the simulator and the CPU during the next row.
+    """
+    started = time.monotonic()
+    stuck = 0
     # The threads run OpenCV's code, which signals nothing: poll them.
-    while any(thread.is_alive() for thread in stuck) and time.monotonic() < end:  # noqa: ASYNC110
+    while time.monotonic() - started < DRAIN_WITHIN:
+        alive = sum(1 for thread in ctx.threads if thread.is_alive())
+        if time.monotonic() - started < QUIET_WITHIN:
+            stuck = alive
+        if not alive:
+            break
         await asyncio.sleep(0.1)
-    return len(stuck)
+    else:
+        logging.error("row c: %d capture thread(s) still running after %.0f s", alive, DRAIN_WITHIN)
+    ctx.drained_after = time.monotonic() - started
+    return stuck
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -256,6 +270,7 @@ async def run_row(
         cpu_seconds=cpu,
         cpu_per_snapshot=cpu / len(good) if good else None,
         wall_seconds=wall,
+        drained_after=ctx.drained_after,
         errors=dict(ctx.tally.errors),
     )
 
@@ -293,6 +308,11 @@ def render(results: list[RowResult], meta: dict[str, Any], console: Console) -> 
         if r.errors:
             raised = ", ".join(f"{count} {name}" for name, count in sorted(r.errors.items()))
             console.print(f"{r.name} raised: {raised}")
+        if r.unit == "threads" and r.leaked:
+            console.print(
+                f"{r.name}: {r.leaked} capture threads still ran {QUIET_WITHIN:g} s after its "
+                f"last cycle; the last one ended after {r.drained_after:.0f} s"
+            )
     console.print(
         f"ffmpeg {meta['ffmpeg_version']} ({meta['ffmpeg_path']}); {meta['cpus']} CPUs, "
         f"load average {meta['load_before']} before, {meta['load_after']} after"
