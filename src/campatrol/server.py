@@ -14,6 +14,7 @@ import uvicorn
 from campatrol.cameras import Camera
 from campatrol.config import ConfigProblem, Settings
 from campatrol.errors import CampatrolError
+from campatrol.procgroups import become_subreaper
 from campatrol.service import Service
 from campatrol.web.app import create_app
 
@@ -43,6 +44,9 @@ async def serve(
     Raises CampatrolError when the HTTP port cannot be bound.
     """
     sock = _bind(settings.listen, settings.port)
+    # Grandchildren that escape their group (setsid) and outlive their parent are re-parented
+    # to this server instead of init, so the supervisor's watchdog sees and reaps them.
+    become_subreaper()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
