@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from pathlib import Path
 
 from campatrol.cameras import Camera
@@ -12,6 +10,7 @@ from campatrol.capture import Snapshot, capture_ffmpeg
 from campatrol.config import Settings
 from campatrol.ffmpeg import find_ffmpeg
 from campatrol.slots import SlotBudget
+from campatrol.store.files import write_atomically
 from campatrol.supervisor import Supervisor
 
 
@@ -25,19 +24,13 @@ async def snap_once(settings: Settings, camera: Camera, output: Path) -> Snapsho
     slots.configure(camera.id, camera.max_sessions)
     async with Supervisor(1) as supervisor, slots.lease(camera.id, timeout=settings.slot_wait):
         snapshot = await capture_ffmpeg(
-            camera, supervisor, ffmpeg, deadline=camera.deadline, purpose="snap"
+            camera,
+            supervisor,
+            ffmpeg,
+            deadline=camera.deadline,
+            purpose="snap",
+            grace=settings.grace,
         )
-    await asyncio.to_thread(_write_atomically, output, snapshot.jpeg)
+    await asyncio.to_thread(write_atomically, output, snapshot.jpeg)
     return snapshot
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path = path.expanduser()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

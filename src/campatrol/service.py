@@ -8,7 +8,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -186,6 +186,7 @@ class Service:
                         self.ffmpeg,
                         deadline=camera.deadline,
                         purpose=purpose,
+                        grace=self.settings.grace,
                     )
                 except CaptureTimeout:
                     # The process was killed; a camera that never saw TEARDOWN may keep the
@@ -282,7 +283,7 @@ class Service:
     async def _record_attempt(
         self,
         camera: Camera,
-        started,
+        started: datetime,
         error: CaptureError | None,
         record: SnapshotRecord | None,
     ) -> None:

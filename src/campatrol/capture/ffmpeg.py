@@ -160,11 +160,13 @@ async def capture_ffmpeg(
     *,
     deadline: float | None = None,
     purpose: str = PURPOSE,
+    grace: float = 2.0,
 ) -> Snapshot:
     """Take one keyframe from `camera` with an ffmpeg child and return it as a Snapshot.
 
     `deadline` (default: the camera's) bounds the whole capture; the supervisor enforces it.
-    `purpose` labels the child in the supervisor's registry (e.g. "capture", "snap").
+    `purpose` labels the child in the supervisor's registry (e.g. "capture", "snap"); `grace`
+    is the time between SIGTERM and SIGKILL when the child must be stopped.
     Raises a CaptureError leaf whose failure_class says why; SupervisorClosed when the
     supervisor shut down meanwhile. Cancellation kills and reaps the ffmpeg child first.
     The caller holds the camera's slot lease around this call.
@@ -181,6 +183,7 @@ async def capture_ffmpeg(
             camera_id=camera.id,
             secrets=camera.secrets(),
             stdout_limit=STDOUT_LIMIT,
+            grace=grace,
         )
     except SupervisorClosed:
         raise
