@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 SUBNET = "127.0.60.0/24"
 PASSWORD = "Zq9@metrics:/#%? pw"
 
-# The interface: every family /metrics exposes, with its type and label names. docs/metrics.md
+# The interface: every family /metrics exposes, with its type and label names. README.md
 # documents the same table; changing either is a breaking change for dashboards.
 EXPECTED_FAMILIES = {
     "captures": ("counter", ("camera", "outcome")),
@@ -231,7 +231,7 @@ async def test_metric_names_and_label_sets_are_stable_and_documented(tmp_path: P
         found[family.name] = (family.type, tuple(sorted(labels)))
     assert found == EXPECTED_FAMILIES
 
-    doc = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8")
+    doc = (REPO / "README.md").read_text(encoding="utf-8")
     doc = doc.split("### Metrics", 1)[1].split("### Alerts", 1)[0]
     rows = re.findall(r"^\| `(\w+)` \| (\w+) \| ([^|]*) \|", doc, flags=re.MULTILINE)
     documented = {
