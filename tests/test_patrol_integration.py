@@ -15,6 +15,7 @@ from PIL import Image
 
 from campatrol.cameras import Camera
 from campatrol.config import Settings
+from campatrol.patrol import CaptureOutcome, CycleStats, Patrol
 from campatrol.service import Service
 from campatrol.sim import SimCameraConfig, Simulator, scene_color, scene_probe_point
 from simhelpers import running_sim
@@ -217,3 +218,56 @@ async def test_cancelling_a_capture_on_a_hung_camera_ends_its_process_and_frees_
             assert ended_within <= 1.0 + 1.0  # the grace, plus scheduling slack
             assert service.supervisor.children() == []
             assert service.slots.in_use(sims[0].id) == 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_snapshot_that_cannot_be_stored_fails_that_camera_only(tmp_path):
+    sims = [sim_camera(34, 1), sim_camera(34, 2)]
+    async with running_sim(sims) as sim:
+        cameras = [patrol_camera(sim, cfg) for cfg in sims]
+        # A file where the camera's snapshot directory should be: every write for it fails.
+        blocked = tmp_path / "data" / "snapshots" / sims[0].id
+        blocked.parent.mkdir(parents=True)
+        blocked.write_bytes(b"not a directory")
+        async with patrolling(tmp_path, cameras) as service:
+            (patrol,) = service.patrols.values()
+            first = await patrol.run_cycle()
+            second = await patrol.run_cycle()
+
+            assert (first.succeeded, first.failed) == (1, 1)
+            assert second.number == 2
+            assert service.health(sims[0].id).last_error_class == "internal"
+            assert "cannot store the snapshot" in (service.health(sims[0].id).last_error or "")
+            assert service.store.latest_snapshot(sims[1].id) is not None
+            assert service.supervisor.children() == []
+
+
+async def test_an_unexpected_error_in_one_visit_does_not_end_the_cycle():
+    """A bug met while visiting one camera is logged and counted; the others are visited."""
+    cams = [Camera(id=f"c{i}", host=f"127.0.35.{i}", brand="tapo") for i in (1, 2, 3)]
+    visited: list[str] = []
+
+    async def visit(camera: Camera, purpose: str) -> CaptureOutcome:
+        visited.append(camera.id)
+        if camera.id == "c2":
+            raise RuntimeError("boom")
+        return CaptureOutcome(camera.id)
+
+    async def no_leftovers(purpose: str) -> int:
+        return 0
+
+    async def sink(stats: CycleStats) -> None:
+        return None
+
+    patrol = Patrol(
+        subnet="127.0.35.0/24",
+        cameras=cams,
+        settings=Settings(data_dir=Path("unused")),
+        visit=visit,
+        is_due=lambda camera: True,
+        end_leftovers=no_leftovers,
+        record_cycle=sink,
+    )
+    stats = await patrol.run_cycle()
+    assert visited == ["c1", "c2", "c3"]
+    assert (stats.visited, stats.succeeded, stats.failed) == (3, 2, 1)

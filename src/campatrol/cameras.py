@@ -34,7 +34,7 @@ class BrandPreset:
     hold_after_kill: float
 
 
-# Paths and session limits from public field reports (README.md, "Brand presets", names the sources).
+# Paths and session limits from public field reports (README.md, "Brand presets").
 # Reolink's limit is not documented in those reports, so it gets the same conservative values
 # as an unknown camera: one session, and a 1 s gap after an unclean disconnect.
 BRAND_PRESETS: Final[Mapping[str, BrandPreset]] = MappingProxyType(

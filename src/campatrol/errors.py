@@ -89,6 +89,12 @@ class CaptureConfigError(CaptureError):
     failure_class = "config"
 
 
+class CaptureInternalError(CaptureError):
+    """campatrol itself failed around the capture (e.g. the snapshot could not be stored)."""
+
+    failure_class = "internal"
+
+
 FAILURE_CLASSES: tuple[str, ...] = (
     "timeout",
     "refused",
@@ -99,4 +105,5 @@ FAILURE_CLASSES: tuple[str, ...] = (
     "protocol",
     "invalid_image",
     "config",
+    "internal",
 )

@@ -5,7 +5,7 @@ cycle paths) or are read from their owner at scrape time (the slot budget); noth
 polls the process table. A registry per Service, not prometheus-client's global default, so
 several Services in one process (tests, the demo) never share or clash over a series.
 
-Label sets are part of the interface (README.md, "Metrics and alerts", lists them). No label carries a
+Label sets are part of the interface (listed in README.md). No label carries a
 credential: cameras are named by their id, patrols by their subnet, outcomes by failure class.
 """
 

@@ -33,4 +33,3 @@ async def snap_once(settings: Settings, camera: Camera, output: Path) -> Snapsho
         )
     await asyncio.to_thread(write_atomically, output, snapshot.jpeg)
     return snapshot
-

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
 from campatrol.cameras import Camera
-from campatrol.errors import CaptureError
+from campatrol.errors import CaptureError, CaptureInternalError
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,12 @@ class Patrol:
                 self.current_camera_ids.add(camera.id)
                 try:
                     outcomes.append(await self.visit(camera, self.purpose))
+                except Exception as exc:
+                    # A bug met while visiting one camera must not end the cycle for the others
+                    # (nor the patrol): log it with its traceback and count the visit as failed.
+                    log.exception("camera %s: unexpected error during the patrol visit", camera.id)
+                    error = CaptureInternalError(f"camera {camera.id}: unexpected error: {exc!r}")
+                    outcomes.append(CaptureOutcome(camera.id, error))
                 finally:
                     self.current_camera_ids.discard(camera.id)
 

@@ -27,9 +27,9 @@ from campatrol.alerts import (
     Alerts,
 )
 from campatrol.cameras import Camera
-from campatrol.capture import capture_ffmpeg
+from campatrol.capture import Snapshot, capture_ffmpeg
 from campatrol.config import ConfigProblem, Settings, group_by_subnet
-from campatrol.errors import CaptureBusy, CaptureError, CaptureTimeout
+from campatrol.errors import CaptureBusy, CaptureError, CaptureInternalError, CaptureTimeout
 from campatrol.ffmpeg import FfmpegInfo, find_ffmpeg
 from campatrol.metrics import WATCHDOG_REASON, Metrics
 from campatrol.patrol import (
@@ -196,16 +196,7 @@ class Service:
                     raise
                 finally:
                     ran_for = time.monotonic() - t0
-            record = await asyncio.to_thread(
-                self.store.save_snapshot,
-                camera.id,
-                snapshot.jpeg,
-                taken_at=snapshot.taken_at,
-                duration=snapshot.duration,
-                width=snapshot.width,
-                height=snapshot.height,
-                driver=snapshot.driver,
-            )
+            record = await self._store_snapshot(camera, snapshot)
         except CaptureError as exc:
             # A busy answer with no process run is our own slot budget refusing; with one, it
             # is the camera saying its sessions are taken (by someone else, as ours are leased).
@@ -227,6 +218,25 @@ class Service:
         self._check_camera_alerts(camera, camera_busy=False)
         await self._record_attempt(camera, started, None, record)
         return record
+
+    async def _store_snapshot(self, camera: Camera, snapshot: Snapshot) -> SnapshotRecord:
+        try:
+            return await asyncio.to_thread(
+                self.store.save_snapshot,
+                camera.id,
+                snapshot.jpeg,
+                taken_at=snapshot.taken_at,
+                duration=snapshot.duration,
+                width=snapshot.width,
+                height=snapshot.height,
+                driver=snapshot.driver,
+            )
+        except OSError as exc:
+            # A full disk or a broken data directory fails this camera's capture, visibly, and
+            # leaves the patrol and the other cameras running.
+            raise CaptureInternalError(
+                f"camera {camera.id}: cannot store the snapshot: {exc.strerror or exc}"
+            ) from exc
 
     def _check_camera_alerts(self, camera: Camera, *, camera_busy: bool) -> None:
         health = self._health[camera.id]
