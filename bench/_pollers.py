@@ -234,11 +234,10 @@ async def run_campatrol(ctx: RowContext) -> None:
             subnet_concurrency=ctx.concurrency,
         )
         cameras = patrol_cameras(ctx)
-        service = Service(settings, cameras, ffmpeg=ctx.ffmpeg)
         # The start-up orphan sweep is host-wide: on a machine shared with other people's test
         # runs it could end processes this bench did not start. It plays no part in the
-        # incident, so the bench turns it off for this one Service.
-        service.supervisor.sweep_orphans = _no_orphan_sweep  # type: ignore[method-assign]
+        # incident, so the bench turns it off.
+        service = Service(settings, cameras, ffmpeg=ctx.ffmpeg, sweep_orphans=False)
         async with service:
             patrol = next(iter(service.patrols.values()))
             async with asyncio.TaskGroup() as tg:
@@ -251,10 +250,6 @@ async def run_campatrol(ctx: RowContext) -> None:
                 records = await asyncio.to_thread(service.store.recent_captures, camera.id, 10**6)
                 for record in records:
                     ctx.tally.add(camera.id, record.outcome == "ok", record.duration)
-
-
-async def _no_orphan_sweep(current_instance: str | None = None) -> list[int]:
-    return []
 
 
 ROWS: Final[dict[str, tuple[str, Callable[[RowContext], Awaitable[None]]]]] = {

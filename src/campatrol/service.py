@@ -57,9 +57,10 @@ LAG_PROBE_EVERY: Final = 1.0
 class Service:
     """Owns every long-lived part of a running campatrol and patrols its cameras.
 
-    Use as `async with Service(...) as service: await service.run()`. Leaving the context ends
-    every child process (the supervisor's one way: SIGTERM, grace, SIGKILL, reap) and closes
-    the store.
+    Use as `async with Service(...) as service: await service.run()`. Entering it ends the
+    orphans a dead campatrol instance left on the host (unless `sweep_orphans` is False);
+    leaving it ends every child process (the supervisor's one way: SIGTERM, grace, SIGKILL,
+    reap) and closes the store.
     """
 
     version: Final = __version__
@@ -72,6 +73,7 @@ class Service:
         *,
         ffmpeg: FfmpegInfo | None = None,
         instance_id: str | None = None,
+        sweep_orphans: bool = True,
     ) -> None:
         self.settings = settings
         self.cameras: dict[str, Camera] = {camera.id: camera for camera in cameras}
@@ -82,6 +84,7 @@ class Service:
         self.store = Store(Path(settings.data_dir))
         self.started_at = utcnow()
         self.orphans_ended: list[int] = []
+        self._sweep_orphans = sweep_orphans
         self.leaks = 0
         self._rng = random.Random()
         self._health: dict[str, CameraHealth] = {}
@@ -112,7 +115,8 @@ class Service:
             self.ffmpeg = await asyncio.to_thread(find_ffmpeg)
         await asyncio.to_thread(self.store.migrate)
         await self.supervisor.__aenter__()
-        self.orphans_ended = await self.supervisor.sweep_orphans()
+        if self._sweep_orphans:
+            self.orphans_ended = await self.supervisor.sweep_orphans()
         if self.orphans_ended:
             log.warning(
                 "ended %d orphan process(es) of a dead campatrol instance: %s",
