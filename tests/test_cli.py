@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -335,3 +336,18 @@ def test_demo_serves_twelve_cameras_and_stops_by_itself_leaving_nothing(tmp_path
     assert marked_by_owner(proc.pid) == []
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_demo_whose_camera_address_is_taken_says_which_and_exits_cleanly() -> None:
+    # Bug: a taken 127.0.1.1:8554 ended the demo with a traceback instead of a message.
+    with socket.socket() as holder:
+        try:
+            holder.bind(("127.0.1.1", 8554))
+        except OSError:
+            pytest.skip("127.0.1.1:8554 is already taken by something else on this host")
+        holder.listen(1)
+        result = campatrol("demo", "--duration", "5", "--port", str(free_port()))
+
+    assert result.returncode == 1
+    assert "cannot listen on 127.0.1.1:8554" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

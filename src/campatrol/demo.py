@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Final
@@ -11,6 +12,7 @@ from rich.console import Console
 
 from campatrol.cameras import Camera
 from campatrol.config import Settings
+from campatrol.errors import CampatrolError
 from campatrol.server import serve
 from campatrol.sim import SimCameraConfig, Simulator
 
@@ -87,7 +89,16 @@ async def run_demo(
             cooldown=2.0,
         )
         sims = demo_cameras()
-        async with Simulator(sims, control_host="127.0.0.1", control_port=0) as sim:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                sim = await stack.enter_async_context(
+                    Simulator(sims, control_host="127.0.0.1", control_port=0)
+                )
+            except OSError as exc:
+                raise CampatrolError(
+                    f"{exc.strerror}; the demo's cameras need 127.0.1.1-6 and 127.0.2.1-6 "
+                    "port 8554 (is another demo or simulator running?)"
+                ) from None
             cameras = patrol_cameras(sims, settings.deadline)
 
             def announce(_service: object) -> None:

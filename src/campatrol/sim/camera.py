@@ -93,9 +93,13 @@ class SimCamera:
             sock.bind((self.config.host, self.port))
             sock.listen(128)
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            where = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+            raise OSError(
+                exc.errno,
+                f"camera {self.config.id}: cannot listen on {where}:{self.port}: {exc.strerror}",
+            ) from exc
         return sock
 
     def _stop_listening(self) -> None:
