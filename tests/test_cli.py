@@ -351,3 +351,40 @@ def test_demo_whose_camera_address_is_taken_says_which_and_exits_cleanly() -> No
     assert result.returncode == 1
     assert "cannot listen on 127.0.1.1:8554" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_snap_into_a_missing_directory_is_a_usage_error_that_creates_nothing(
+    sim: SimProcess, tmp_path: Path
+) -> None:
+    # Bug: snap created every missing directory of a mistyped --output path.
+    config = snap_config(tmp_path / "campatrol.toml")
+    target = tmp_path / "no" / "such" / "dir" / "x.jpg"
+    result = campatrol("snap", "open", "-o", str(target), "--config", str(config))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.timeout(120)
+def test_demo_leaves_orphans_of_a_dead_instance_alone(tmp_path: Path) -> None:
+    # Bug: the demo swept the whole host for orphans and ended processes it did not start.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    env = {**os.environ, MARKER_VAR: f"{'d' * 32}:{dead.pid}"}
+    orphan = subprocess.Popen(["sleep", "120"], env=env, start_new_session=True)
+    try:
+        result = campatrol(
+            "demo",
+            "--duration",
+            "3",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path),
+            timeout=100,
+        )
+        assert result.returncode == 0, result.stderr
+        assert orphan.poll() is None
+    finally:
+        orphan.kill()
+        orphan.wait()

@@ -72,3 +72,10 @@ def test_config_failure_is_not_retried_and_does_not_mark_offline(failures):
     assert health.status == MISCONFIGURED
     assert health.consecutive_failures == 0
     assert not health.due(NOW + timedelta(days=1))
+
+
+def test_a_first_failure_is_retried_in_the_next_cycle_without_a_scheduled_time():
+    health = CameraHealth()
+    health.record_failure(NOW, CaptureTimeout("t"), settings(), random.Random(5))
+    assert health.next_attempt_at is None
+    assert health.due(NOW)

@@ -116,9 +116,10 @@ def run(
 
 @app.command("demo")
 def demo(
-    port: Annotated[int, typer.Option(help="Dashboard and API port.")] = 8080,
+    port: Annotated[int, typer.Option(help="Dashboard and API port.", min=1, max=65535)] = 8080,
     duration: Annotated[
-        float | None, typer.Option(help="Stop by itself after this many seconds.")
+        float | None,
+        typer.Option(help="Stop by itself after this many seconds (> 0).", min=0.1),
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Keep data here (default: a temporary directory).")
@@ -151,6 +152,8 @@ def snap(
         loaded = load_config(config)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    if not output.parent.is_dir():
+        raise _fail(f"--output {output}: directory {output.parent} does not exist")
     chosen = next((c for c in loaded.cameras if c.id == camera), None)
     if chosen is None:
         bad = [p for p in loaded.problems if p.camera_id == camera]

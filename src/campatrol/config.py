@@ -171,7 +171,7 @@ class Settings(BaseModel):
     backoff_base: float | None = Field(
         None,
         gt=0,
-        description="First backoff in seconds for a failing camera (default: interval).",
+        description="Backoff in seconds after the second failure in a row (default: interval).",
     )
     backoff_max: float = Field(
         900.0, gt=0, description="Longest backoff in seconds for a failing camera."

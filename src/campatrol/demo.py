@@ -113,4 +113,6 @@ async def run_demo(
                 console.print("Press Ctrl-C to stop.")
 
             until = (lambda: asyncio.sleep(duration)) if duration else None
-            await serve(settings, cameras, until=until, on_ready=announce)
+            # The demo is a toy: it leaves the host-wide sweep of a dead instance's orphans to
+            # `campatrol run`, so trying it never ends a process it did not start.
+            await serve(settings, cameras, until=until, on_ready=announce, sweep_orphans=False)

@@ -88,7 +88,9 @@ class CameraHealth:
             self.status = OFFLINE
         elif n >= settings.failing_after:
             self.status = FAILING
-        self.next_attempt_at = now + timedelta(seconds=backoff_delay(n, error, settings, rng))
+        delay = backoff_delay(n, error, settings, rng)
+        # No delay: the camera is simply visited again in the next cycle.
+        self.next_attempt_at = now + timedelta(seconds=delay) if delay > 0 else None
 
 
 def backoff_delay(

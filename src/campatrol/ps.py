@@ -17,6 +17,7 @@ import psutil
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from campatrol.census import Census, CensusProcess, take_census
 from campatrol.errors import ConfigError
@@ -65,6 +66,11 @@ def ps_command(
             raise _fail(str(exc)) from None
         cameras = loaded.cameras
         zone_name = zone_name or loaded.settings.timezone
+        for problem in loaded.problems:
+            # The camera is left out of the census rows; say so rather than drop it silently.
+            Console(stderr=True, soft_wrap=True).print(
+                Text.assemble(("problem:", "yellow"), f" {config}: {problem}; camera not listed")
+            )
     if zone_name is None:
         from campatrol.config import host_timezone
 
@@ -97,7 +103,8 @@ def ps_command(
 
 
 def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+    # Text, not markup: messages quote the user's file ("[server] port: ..").
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", message))
     return typer.Exit(2)
 
 

@@ -36,11 +36,13 @@ async def serve(
     *,
     until: Callable[[], Awaitable[None]] | None = None,
     on_ready: Callable[[Service], None] | None = None,
+    sweep_orphans: bool = True,
 ) -> None:
     """Patrol and serve until SIGINT/SIGTERM, or until the `until` coroutine returns.
 
     On the way out the HTTP server stops, every patrol is cancelled (which kills and reaps
     their processes), and the supervisor ends whatever child is left before this returns.
+    `sweep_orphans` is the Service's start-up sweep of a dead instance's orphans.
     Raises CampatrolError when the HTTP port cannot be bound.
     """
     sock = _bind(settings.listen, settings.port)
@@ -52,7 +54,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with Service(settings, cameras, problems) as service:
+        async with Service(settings, cameras, problems, sweep_orphans=sweep_orphans) as service:
             config = uvicorn.Config(
                 create_app(service), log_config=None, access_log=False, lifespan="off"
             )

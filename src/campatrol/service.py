@@ -34,6 +34,7 @@ from campatrol.ffmpeg import FfmpegInfo, find_ffmpeg
 from campatrol.metrics import WATCHDOG_REASON, Metrics
 from campatrol.patrol import (
     DISABLED,
+    MISCONFIGURED,
     ONLINE,
     UNKNOWN,
     CameraHealth,
@@ -285,13 +286,15 @@ class Service:
         health.record_failure(utcnow(), exc, self.settings, self._rng)
         # One line per change of state, not one per cycle for the same state.
         if (health.status, health.last_error_class) != before:
+            if health.next_attempt_at is not None:
+                next_try = health.next_attempt_at.isoformat()
+            elif health.status == MISCONFIGURED:
+                next_try = "never (fix the configuration)"
+            else:
+                next_try = "next cycle"
             # The error's own message starts with the camera id.
             log.warning(
-                "%s (%s); status %s, next try %s",
-                exc,
-                exc.failure_class,
-                health.status,
-                health.next_attempt_at.isoformat() if health.next_attempt_at else "never",
+                "%s (%s); status %s, next try %s", exc, exc.failure_class, health.status, next_try
             )
 
     async def _record_attempt(
