@@ -21,8 +21,12 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from campatrol.cameras import Camera
+from campatrol.config import Settings
 from campatrol.ffmpeg import find_ffmpeg
+from campatrol.service import Service
 from campatrol.sim import SimCameraConfig, Simulator
+from campatrol.web import create_app
 
 
 @asynccontextmanager
@@ -317,3 +321,33 @@ class SimProcess:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await asyncio.to_thread(self.close)
+
+
+def camera_for(sim: Simulator, camera_id: str, **overrides: Any) -> Camera:
+    """The campatrol Camera that reads a simulated camera's main stream at its actual port.
+
+    Credentials and limits are not copied from the simulated camera: a test states what
+    campatrol is told, which is the point of tests with wrong passwords or smaller limits.
+    """
+    sim_camera = sim.camera(camera_id)
+    values: dict[str, Any] = {
+        "id": camera_id,
+        "host": sim_camera.config.host,
+        "port": sim_camera.port,
+        "path": next(iter(sim_camera.config.paths.values())),
+        "brand": "tapo",
+        "deadline": 10.0,
+    }
+    values.update(overrides)
+    return Camera(**values)
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, cameras: Sequence[Camera]
+) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    """A started Service with an HTTP client wired to its web app (in process, no socket)."""
+    async with Service(settings, cameras) as service:
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield service, client

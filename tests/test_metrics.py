@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from campatrol.cameras import Camera
 from campatrol.config import AlertSettings, Settings
 from campatrol.errors import CaptureBusy, CaptureError
-from campatrol.service import Service
 from campatrol.sim import SimCameraConfig
-from campatrol.web import create_app
-from simhelpers import running_sim
+from simhelpers import camera_for, running_sim, serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,30 +46,6 @@ def _sim(camera_id: str, host: str, **overrides: Any) -> SimCameraConfig:
     values: dict[str, Any] = {"id": camera_id, "host": host, "port": 0, "width": 320}
     values.update({"height": 180, "fps": 15, "gop": 15, **overrides})
     return SimCameraConfig(**values)
-
-
-def _camera(sim: Any, camera_id: str, **overrides: Any) -> Camera:
-    sim_camera = sim.camera(camera_id)
-    values: dict[str, Any] = {
-        "id": camera_id,
-        "host": sim_camera.config.host,
-        "port": sim_camera.port,
-        "path": "/stream1",
-        "brand": "tapo",
-        "deadline": 10.0,
-    }
-    values.update(overrides)
-    return Camera(**values)
-
-
-@asynccontextmanager
-async def _serving(
-    settings: Settings, cameras: list[Camera]
-) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
-    async with Service(settings, cameras) as service:
-        transport = httpx.ASGITransport(app=create_app(service))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield service, client
 
 
 async def _samples(client: httpx.AsyncClient) -> dict[tuple[str, frozenset], float]:
@@ -107,12 +79,12 @@ async def test_cycle_counts_every_capture_by_camera_and_outcome(tmp_path: Path) 
     settings = Settings(data_dir=tmp_path, subnet_concurrency=4)
     async with running_sim(sims) as sim:
         cameras = [
-            _camera(sim, "gate"),
-            _camera(sim, "yard"),
-            _camera(sim, "door", username="admin", password=PASSWORD),
-            _camera(sim, "shed"),
+            camera_for(sim, "gate"),
+            camera_for(sim, "yard"),
+            camera_for(sim, "door", username="admin", password=PASSWORD),
+            camera_for(sim, "shed"),
         ]
-        async with _serving(settings, cameras) as (service, client):
+        async with serving(settings, cameras) as (service, client):
             stats = await service.patrols[SUBNET].run_cycle()
             await service.capture_now("gate")
             samples = await _samples(client)
@@ -144,8 +116,8 @@ async def test_cycle_counts_every_capture_by_camera_and_outcome(tmp_path: Path) 
 async def test_slot_refusal_counts_a_wait_and_a_busy_for_that_camera(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, slot_wait=0.1)
     async with running_sim([_sim("gate", "127.0.60.5")]) as sim:
-        gate = _camera(sim, "gate", max_sessions=1)
-        async with _serving(settings, [gate]) as (service, client):
+        gate = camera_for(sim, "gate", max_sessions=1)
+        async with serving(settings, [gate]) as (service, client):
             async with service.slots.lease("gate", timeout=1.0):
                 with pytest.raises(CaptureBusy):
                     await service.capture_now("gate")
@@ -167,8 +139,8 @@ async def test_watchdog_kill_is_counted_once_and_raises_an_alert(tmp_path: Path)
     settings = Settings(data_dir=tmp_path, grace=0.5)
     sims = [_sim("stuck", "127.0.60.6", fault="hang_after_accept", max_sessions=1)]
     async with running_sim(sims) as sim:
-        stuck = _camera(sim, "stuck", max_sessions=1, deadline=20.0)
-        async with _serving(settings, [stuck]) as (service, client):
+        stuck = camera_for(sim, "stuck", max_sessions=1, deadline=20.0)
+        async with serving(settings, [stuck]) as (service, client):
             capture = asyncio.create_task(service.capture_now("stuck"))
             try:
                 while not service.supervisor.children():  # noqa: ASYNC110 (no event to await)
@@ -193,7 +165,7 @@ async def test_watchdog_kill_is_counted_once_and_raises_an_alert(tmp_path: Path)
 
 async def test_event_loop_lag_is_measured_while_the_service_runs(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    async with _serving(settings, []) as (service, client):
+    async with serving(settings, []) as (service, client):
         runner = asyncio.create_task(service.run())
         try:
             samples = await _samples(client)
@@ -213,7 +185,7 @@ async def test_metric_names_and_label_sets_are_stable_and_documented(tmp_path: P
     settings = Settings(data_dir=tmp_path, alerts=AlertSettings())
     async with (
         running_sim([_sim("gate", "127.0.60.7")]) as sim,
-        _serving(settings, [_camera(sim, "gate")]) as (service, client),
+        serving(settings, [camera_for(sim, "gate")]) as (service, client),
     ):
         # Touch every labelled family once so that it has a sample with its labels.
         await service.patrols[SUBNET].run_cycle()

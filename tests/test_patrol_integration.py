@@ -18,7 +18,7 @@ from campatrol.config import Settings
 from campatrol.patrol import CaptureOutcome, CycleStats, Patrol
 from campatrol.service import Service
 from campatrol.sim import SimCameraConfig, Simulator, scene_color, scene_probe_point
-from simhelpers import running_sim
+from simhelpers import camera_for, running_sim
 
 W, H = 320, 180
 
@@ -42,21 +42,16 @@ def sim_camera(subnet: int, host: int, **overrides: object) -> SimCameraConfig:
 
 
 def patrol_camera(sim: Simulator, cfg: SimCameraConfig, **overrides: object) -> Camera:
-    """The campatrol camera for a simulated one (its ephemeral port read from the simulator)."""
-    fields: dict[str, object] = {
-        "id": cfg.id,
+    """The campatrol camera for a simulated one, told the simulator's own credentials."""
+    values: dict[str, object] = {
         "name": cfg.name,
-        "host": cfg.host,
-        "port": sim.camera(cfg.id).stats()["port"],
-        "path": cfg.paths["main"],
         "username": cfg.username,
         "password": cfg.password,
-        "brand": "tapo",
         "max_sessions": cfg.max_sessions,
         "deadline": 2.0,
     }
-    fields.update(overrides)
-    return Camera(**fields)  # type: ignore[arg-type]
+    values.update(overrides)
+    return camera_for(sim, cfg.id, **values)
 
 
 @asynccontextmanager

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -668,39 +667,12 @@ def _sim_camera(camera_id: str, host: str, **overrides: Any) -> Any:
     return SimCameraConfig(**values)
 
 
-def _camera_for(sim: Any, camera_id: str, **overrides: Any) -> Camera:
-    sim_camera = sim.camera(camera_id)
-    values: dict[str, Any] = {
-        "id": camera_id,
-        "name": camera_id.title(),
-        "host": sim_camera.config.host,
-        "port": sim_camera.port,
-        "path": "/stream1",
-        "brand": "tapo",
-        "deadline": 10.0,
-    }
-    values.update(overrides)
-    return Camera(**values)
-
-
-@asynccontextmanager
-async def _serving(
-    settings: Any, cameras: list[Camera]
-) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    from campatrol.service import Service
-
-    async with Service(settings, cameras) as service:
-        transport = httpx.ASGITransport(app=create_app(service))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield service, client
-
-
 @pytest.mark.timeout(60)
 async def test_service_capture_is_served_as_a_fresh_snapshot_without_credentials(
     tmp_path: Path,
 ) -> None:
     from campatrol.config import Settings
-    from simhelpers import running_sim
+    from simhelpers import camera_for, running_sim, serving
 
     sims = [
         _sim_camera("gate", "127.0.1.31", auth="digest", username="admin", password=PASSWORD),
@@ -708,9 +680,9 @@ async def test_service_capture_is_served_as_a_fresh_snapshot_without_credentials
     ]
     settings = Settings(data_dir=tmp_path, timezone="Europe/Berlin")
     async with running_sim(sims) as sim:
-        gate = _camera_for(sim, "gate", username="admin", password=PASSWORD)
-        yard = _camera_for(sim, "yard", username="viewer", password=YARD_PASSWORD)
-        async with _serving(settings, [gate, yard]) as (service, client):
+        gate = camera_for(sim, "gate", username="admin", password=PASSWORD)
+        yard = camera_for(sim, "yard", username="viewer", password=YARD_PASSWORD)
+        async with serving(settings, [gate, yard]) as (service, client):
             before = await client.get("/api/cameras/gate/snapshot.jpg")
             await service.patrols["127.0.1.0/24"].run_cycle()
             patrols = (await client.get("/api/patrols")).json()
@@ -766,13 +738,13 @@ async def test_service_capture_while_the_only_slot_hangs_is_409_and_listed_as_a_
     tmp_path: Path,
 ) -> None:
     from campatrol.config import Settings
-    from simhelpers import running_sim
+    from simhelpers import camera_for, running_sim, serving
 
     settings = Settings(data_dir=tmp_path, slot_wait=0.2)
     sims = [_sim_camera("stuck", "127.0.1.33", fault="hang_after_accept", max_sessions=1)]
     async with running_sim(sims) as sim:
-        stuck = _camera_for(sim, "stuck", max_sessions=1, deadline=20.0)
-        async with _serving(settings, [stuck]) as (_, client), asyncio.TaskGroup() as tg:
+        stuck = camera_for(sim, "stuck", max_sessions=1, deadline=20.0)
+        async with serving(settings, [stuck]) as (_, client), asyncio.TaskGroup() as tg:
             hanging = tg.create_task(client.post("/api/cameras/stuck/capture"))
             processes: list[dict[str, Any]] = []
             while not processes:
