@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
 
 import httpx
@@ -216,3 +219,23 @@ async def test_camera_with_awkward_label_streams():
 
     assert result.returncode == 0, result.stderr
     assert result.image().size == (320, 180)
+
+
+@pytest.mark.timeout(60)
+def test_sim_command_stops_on_sigint_and_closes_every_socket(tmp_path):
+    config = tmp_path / "sim.toml"
+    config.write_text(
+        '[control]\nhost = "127.0.0.1"\nport = 0\n'
+        '[[cameras]]\nid = "i1"\nhost = "127.0.4.2"\nport = 0\nwidth = 320\nheight = 180\n'
+        '[[cameras]]\nid = "i2"\nhost = "127.0.4.3"\nport = 0\nwidth = 320\nheight = 180\n'
+    )
+    with SimProcess(config) as sim:
+        endpoints = [(entry["host"], entry["port"]) for entry in sim.cameras()]
+        control = httpx.URL(sim.control_url)
+        endpoints.append((control.host, control.port))
+        os.kill(sim.pid, signal.SIGINT)
+        assert sim.proc is not None
+        assert sim.proc.wait(15) == 0
+    for host, port in endpoints:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, port), timeout=5).close()
