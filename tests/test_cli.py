@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -388,3 +389,30 @@ def test_demo_leaves_orphans_of_a_dead_instance_alone(tmp_path: Path) -> None:
     finally:
         orphan.kill()
         orphan.wait()
+
+
+@pytest.mark.ffmpeg_fallback
+def test_snap_in_a_network_without_routes_exits_as_unreachable(tmp_path: Path) -> None:
+    """`unreachable` needs a host with no route; a private network namespace gives one.
+
+    `unshare -n` runs snap in a new network namespace whose only interface (lo) is down, so
+    even 127.0.0.1 has no route and nothing can leave the namespace.
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-n", "true"], check=False).returncode != 0:
+        pytest.skip("needs unshare -n (root, or user namespaces)")
+    config = snap_config(tmp_path / "campatrol.toml")
+    result = subprocess.run(
+        [unshare, "-n", sys.executable, "-m", "campatrol", "snap", "open", "-o",
+         str(tmp_path / "x.jpg"), "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=CLI_ENV,
+        timeout=CLI_TIMEOUT,
+        check=False,
+        start_new_session=True,
+    )  # fmt: skip
+    assert result.returncode == SNAP_EXIT["unreachable"], result.stderr
+    assert "unreachable" in result.stderr
+    assert not (tmp_path / "x.jpg").exists()

@@ -137,7 +137,10 @@ function updateTile(tile, camera) {
   }
 
   if (camera.last_error) {
-    tile.error.textContent = `${camera.last_error_class || "error"}: ${camera.last_error}`;
+    // While a camera backs off, say when it will be tried again, so a stale tile is explained.
+    const next = parseTime(camera.next_attempt_at);
+    const when = next ? ` (next try ${formatInZone(next, state.zone)})` : "";
+    tile.error.textContent = `${camera.last_error_class || "error"}: ${camera.last_error}${when}`;
     tile.error.hidden = false;
   } else {
     tile.error.hidden = true;
