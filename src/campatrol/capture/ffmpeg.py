@@ -139,6 +139,8 @@ def build_argv(camera: CameraLike, ffmpeg: FfmpegInfo, deadline: float) -> list[
         "-skip_frame",
         "nokey",
         "-i",
+        # Limitation: ffmpeg reads the URL only from its argv, so the OS process list shows
+        # the percent-encoded password while a capture runs (campatrol's own listings mask it).
         camera.rtsp_url(),
         "-an",
         "-frames:v",
