@@ -31,11 +31,12 @@ YARD_PASSWORD = "yard lock/ü?"
 T0 = datetime(2026, 12, 4, 15, 2, 11, 123456, tzinfo=UTC)
 
 
-# stand-in until Service lands: written before campatrol.service existed. It has exactly the
-# attributes the web layer reads (docs/architecture.md, "service.py"); Camera under it is real.
-# It also sets states the real service reaches only slowly or by chance (naive store times, a
-# failed cycle, a capture failure of each class); the tests at the end of this file use the real
-# Service over the simulator and real ffmpeg.
+# A stand-in Service for the HTTP layer's own rules (error shapes, ETag/304, masking, time
+# formats). It has exactly the attributes the web layer reads (docs/architecture.md,
+# "service.py"); the Camera objects under it are real. It is kept because it sets states the
+# real service reaches only slowly or by chance (naive store times, a failed cycle, one capture
+# failure of each class); the tests at the end of this file use the real Service over the
+# simulator and real ffmpeg for the paths a user takes.
 
 
 @dataclass
