@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import collections
+import functools
 import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -86,13 +87,11 @@ class Service:
         self.started_at = utcnow()
         self.orphans_ended: list[int] = []
         self._sweep_orphans = sweep_orphans
-        self.leaks = 0
         self._rng = random.Random()
         self._health: dict[str, CameraHealth] = {}
         self.metrics = Metrics()
         self.metrics.watch_slots(self.slots, lambda: list(self.cameras))
         self.alerts = Alerts(settings.alerts)
-        self._children_by_camera: collections.Counter[str] = collections.Counter()
         self.supervisor.on_event(self._on_supervisor_event)
         for camera in cameras:
             self.slots.configure(camera.id, camera.max_sessions)
@@ -262,7 +261,6 @@ class Service:
             self.alerts.start(WATCHDOG_KILL, subject, message, ERROR)
         if event.camera_id is None or event.kind not in ("spawned", "exited"):
             return
-        self._children_by_camera[event.camera_id] += 1 if event.kind == "spawned" else -1
         self._check_children_alerts(event.camera_id)
 
     def _check_children_alerts(self, camera_id: str) -> None:
@@ -272,7 +270,9 @@ class Service:
         limit = self.settings.max_processes if limit is None else limit
         message = f"{total} child processes running, more than {limit}"
         self.alerts.update(CHILDREN_TOTAL, "all", total > limit, message, ERROR)
-        count = self._children_by_camera[camera_id]
+        # The registry is current when the event fires (spawned after registering, exited
+        # after unregistering), so the count is read from it rather than kept twice.
+        count = sum(1 for child in self.supervisor.children() if child.camera_id == camera_id)
         limit = alerts.max_children_per_camera
         if limit is None:
             camera = self.cameras.get(camera_id)
@@ -330,7 +330,6 @@ class Service:
                 child.camera_id,
             )
             await self.supervisor.terminate(child.pid, reason="leak")
-        self.leaks += len(leftovers)
         self.metrics.leaks.inc(len(leftovers))
         return len(leftovers)
 
@@ -342,20 +341,7 @@ class Service:
             )
             self.alerts.start(LEAK, stats.subnet, message, ERROR)
         self.alerts.expire_events()
-        await asyncio.to_thread(
-            self.store.record_cycle,
-            subnet=stats.subnet,
-            number=stats.number,
-            started_at=stats.started_at,
-            ended_at=stats.ended_at,
-            duration=stats.duration,
-            visited=stats.visited,
-            succeeded=stats.succeeded,
-            failed=stats.failed,
-            timed_out=stats.timed_out,
-            skipped=stats.skipped,
-            leaks=stats.leaks,
-        )
+        await asyncio.to_thread(functools.partial(self.store.record_cycle, **asdict(stats)))
 
     async def _probe_loop_lag_forever(self) -> None:
         # A sleep that wakes late measures how long the loop was busy with something else.
